@@ -1,0 +1,8 @@
+"""Session fixtures that start real services (each a real process on loopback).
+
+Every fixture module lives in ``tests/fixtures/`` and is registered here.
+"""
+
+pytest_plugins = [
+    "tests.fixtures.ray_local",
+]
