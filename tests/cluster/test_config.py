@@ -1,0 +1,107 @@
+"""The config tree: recipes load, round-trip, overrides apply, bad keys and values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.config import TrainConfig, apply_overrides, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipes_load_and_round_trip(path):
+    cfg = load_config(path)
+    again = TrainConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert again.hash() == cfg.hash()
+    # config.yaml in checkpoints is the same tree
+    assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def test_required_recipes_exist():
+    names = {p.name for p in RECIPES}
+    assert {"demo-cpu.yaml", "moving-mnist.yaml", "gpu-2x8.yaml"} <= names
+    gpu = load_config(ROOT / "configs/gpu-2x8.yaml")
+    assert gpu.cluster.use_gpu and gpu.cluster.num_workers == 16
+    assert gpu.deepspeed.zero_stage == 2 and gpu.deepspeed.precision == "bf16"
+    assert gpu.cluster.storage_path.startswith("s3://") and gpu.data.shards.startswith("s3://")
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(
+        ROOT / "configs/demo-cpu.yaml",
+        [
+            "optim.lr=3e-4",
+            "cluster.num_workers=4",
+            "model.size=s-64",
+            "steps=7",
+            "method.method=full_sequence",
+        ],
+    )
+    assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.cluster.num_workers == 4
+    assert (cfg.model.width, cfg.model.depth) == (64, 4)
+    assert cfg.model.frame_size == (32, 32)  # the recipe's other model fields are kept
+    assert cfg.steps == 7 and cfg.method.method == "full_sequence"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "optim.lrr"),
+        ("nope.x=1", "'nope'"),
+        ("optim.lr=-1", "OptimConfig.lr=-1.0"),
+        ("optim.lr=fast", "OptimConfig.lr='fast'"),
+        ("deepspeed.zero_stage=4", "DeepSpeedConfig.zero_stage=4"),
+        ("method.method=diffusion", "MethodConfig.method='diffusion'"),
+        ("cluster.num_workers=0", "ClusterConfig.num_workers=0"),
+        ("data.size=16", "model.frame_size=(32, 32)"),
+        ("deepspeed.precision=bf16", "deepspeed.precision='bf16'"),
+        ("steps=0", "TrainConfig.steps=0"),
+        ("optim.lr", "expected section.key=value"),
+        ("a.b.c=1", "section.key"),
+    ],
+)
+def test_bad_overrides_name_key_and_value(override, message):
+    with pytest.raises(ValueError, match=None) as info:
+        load_config(ROOT / "configs/demo-cpu.yaml", [override])
+    assert message in str(info.value)
+
+
+def test_unknown_key_in_yaml_is_an_error(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps: 3\noptim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_config(recipe)
+    recipe.write_text("stepz: 3\n")
+    with pytest.raises(ValueError, match="stepz"):
+        load_config(recipe)
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_hash_tracks_what_is_trained_only():
+    base = load_config(ROOT / "configs/demo-cpu.yaml")
+    assert (
+        load_config(ROOT / "configs/demo-cpu.yaml", ["cluster.num_workers=1"]).hash() == base.hash()
+    )
+    assert (
+        load_config(ROOT / "configs/demo-cpu.yaml", ["tracking.enabled=false"]).hash()
+        == base.hash()
+    )
+    assert load_config(ROOT / "configs/demo-cpu.yaml", ["optim.lr=0.5"]).hash() != base.hash()
+    assert load_config(ROOT / "configs/demo-cpu.yaml", ["seed=1"]).hash() != base.hash()
+
+
+def test_flat_params_and_overrides_do_not_mutate_input():
+    raw = {"optim": {"lr": 0.1}}
+    out = apply_overrides(raw, ["optim.lr=0.2"])
+    assert raw == {"optim": {"lr": 0.1}} and out["optim"]["lr"] == 0.2
+    flat = load_config(ROOT / "configs/demo-cpu.yaml").flat()
+    assert flat["optim.lr"] == pytest.approx(1e-3) and flat["deepspeed.zero_stage"] == 2
+    assert all("." in k or k in ("steps", "seed") for k in flat)
