@@ -189,8 +189,6 @@ class MethodConfig(ConfigMixin):
     """Weight of the insertion loss (spec E15)."""
     cond_drop_prob: float = 0.1
     """Training drops the condition (and i2v context stream) with this probability (spec 9)."""
-    ar_attention: Literal["bidirectional", "causal"] = "bidirectional"
-    """Autoregressive baseline: attention over prefix + current frame (spec section 10)."""
     # -- sampling --
     num_steps: int = 50
     """``K = 1/h``: sampler steps per unit of time."""
