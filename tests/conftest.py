@@ -5,4 +5,5 @@ Every fixture module lives in ``tests/fixtures/`` and is registered here.
 
 pytest_plugins = [
     "tests.fixtures.ray_local",
+    "tests.fixtures.mlflow_server",
 ]

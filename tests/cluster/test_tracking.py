@@ -1,0 +1,154 @@
+"""MLflow tracking against a real loopback server, including an outage (a real TCP cut)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.config import load_config
+from cluster.mlflow_server import free_port
+from cluster.tracking import Tracker, create_run, git_commit, safe_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Switch:
+    """A loopback TCP forwarder to ``target`` that can be turned off (connections refused)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.port = free_port()
+        self.server: socket.socket | None = None
+        self.open: list[socket.socket] = []
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def on(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
+        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
+
+    def off(self) -> None:
+        if self.server:
+            with contextlib.suppress(OSError):
+                self.server.shutdown(socket.SHUT_RDWR)  # wakes accept(), stops listening
+            self.server.close()
+            self.server = None
+        for conn in self.open:  # cut kept-alive connections too
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self.open.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = server.accept()
+                upstream = socket.create_connection(self.target)
+                self.open += [client, upstream]
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+
+def _cfg(name: str):
+    return load_config(
+        ROOT / "configs/demo-cpu.yaml",
+        ["tracking.experiment=test-tracking", f"cluster.name={name}"],
+    )
+
+
+def test_create_run_logs_params_and_tags(mlflow_server):
+    import mlflow
+
+    cfg = _cfg("params")
+    run_id = create_run(cfg, mlflow_server, tags={"git_commit": "abc"})
+    assert run_id
+    run = mlflow.MlflowClient(mlflow_server).get_run(run_id)
+    assert run.data.params["optim.lr"] == str(cfg.optim.lr)
+    assert run.data.params["deepspeed.zero_stage"] == "2"
+    assert run.data.tags["config_hash"] == cfg.hash()
+    assert run.data.tags["git_commit"] == "abc"
+    assert len(run.data.params) == len(cfg.flat())
+
+
+def test_create_run_with_server_down_returns_none_quickly():
+    t0 = time.monotonic()
+    assert create_run(_cfg("down"), f"http://127.0.0.1:{free_port()}", tags={}) is None
+    assert time.monotonic() - t0 < 30
+
+
+def test_no_credentials_in_params():
+    params = {
+        "data.shards": "s3://b/p",
+        "x.aws_secret_access_key": "s",
+        "y.api_key": "k",
+        "z.TOKEN": "t",
+    }
+    assert set(safe_params(params)) == {"data.shards"}
+
+
+def test_git_commit_is_head():
+    sha = git_commit(ROOT)
+    assert len(sha.split("+")[0]) == 40
+
+
+def test_tracker_buffers_through_an_outage(mlflow_server, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setattr("cluster.tracking.RETRY_S", 0.0)
+    run_id = create_run(_cfg("outage"), mlflow_server, tags={})
+    switch = Switch(mlflow_server)
+    switch.on()
+    tracker = Tracker(switch.uri, run_id)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    assert not tracker.metrics  # sent
+
+    switch.off()  # the server becomes unreachable: training must go on
+    t0 = time.monotonic()
+    tracker.log_metrics({"loss": 0.5}, step=2)
+    video = tmp_path / "sample_0.gif"
+    video.write_bytes(b"GIF89a")
+    tracker.log_artifact(video, "samples/step_0000002")
+    assert time.monotonic() - t0 < 30
+    assert len(tracker.metrics) == 1 and tracker.artifacts and tracker.failures >= 1
+
+    switch.on()  # back: the buffered rows and files arrive
+    tracker.log_metrics({"loss": 0.25}, step=3)
+    tracker.close()
+    switch.off()
+    client = mlflow.MlflowClient(mlflow_server)
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
+    assert history == {1: 1.0, 2: 0.5, 3: 0.25}
+    names = [f.path for f in client.list_artifacts(run_id, "samples/step_0000002")]
+    assert names == ["samples/step_0000002/sample_0.gif"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_mlflow_server_stops_cleanly(tmp_path):
+    import urllib.request
+
+    from cluster.mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path / "m") as uri:
+        with urllib.request.urlopen(f"{uri}/health", timeout=5) as resp:
+            assert resp.status == 200
+    port = int(uri.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
+    assert (tmp_path / "m" / "mlflow.db").exists()
