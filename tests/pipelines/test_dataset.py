@@ -1,0 +1,201 @@
+"""The Ray Data reader on real shards: disk vs S3 vs GNU tar, bad data, order, splits, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipelines.batching import DataCursor, VideoBatchStream
+from pipelines.dataset import build_dataset, decode_rows, read_shard_rows
+from pipelines.ingest import split_for_workers
+from pipelines.samples import read_samples
+from pipelines.shards import Storage, list_shards, write_bytes
+
+from .conftest import NUM_VIDEOS, data_cfg, meta_json, tar_bytes, tiny_mp4
+
+ALL_KEYS = {f"mnist_train_{i:07d}" for i in range(NUM_VIDEOS)}
+
+
+def _samples(cfg, cursor=None):
+    """(epoch, key) -> (video bytes, label), in stream order, plus the stream."""
+    stream = VideoBatchStream(build_dataset(cfg, cursor=cursor), cfg, cursor=cursor or DataCursor())
+    out = []
+    for b in stream:
+        for i, key in enumerate(b.keys):
+            n = int(b.lengths[i])
+            out.append(((b.epoch, key), b.videos[i, :n].numpy().tobytes(), int(b.labels[i])))
+    return out, stream
+
+
+def test_disk_s3_and_gnu_tar_give_identical_samples(
+    ray_data, mnist_dir, s3_bucket, s3_endpoint, tmp_path
+):
+    # the same files on S3
+    for f in sorted(mnist_dir.iterdir()):
+        write_bytes(
+            f"{s3_bucket}/train/{f.name}", f.read_bytes(), Storage(endpoint_url=s3_endpoint)
+        )
+    # the same samples re-packed by GNU tar (no index.json): extract, then tar --sort=name
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    for shard in sorted(mnist_dir.glob("*.tar")):
+        files = tmp_path / shard.stem
+        files.mkdir()
+        subprocess.run(["tar", "-xf", str(shard), "-C", str(files)], check=True)
+        subprocess.run(
+            [
+                "tar",
+                "--sort=name",
+                "--format=posix",
+                "-C",
+                str(files),
+                "-cf",
+                str(gnu / shard.name),
+                ".",
+            ],
+            check=True,
+        )
+    assert list_shards(str(gnu))[0].num_samples is None  # really read by listing
+
+    disk, _ = _samples(data_cfg(mnist_dir))
+    s3, _ = _samples(data_cfg(f"{s3_bucket}/train", s3_endpoint_url=s3_endpoint))
+    tarred, _ = _samples(data_cfg(gnu))
+    assert {k for (_, k), _, _ in disk} == ALL_KEYS
+    assert s3 == disk
+    assert tarred == disk
+    assert all(0 <= label <= 9 for *_, label in disk)
+
+
+def test_bad_samples_are_skipped_counted_and_logged(ray_data, tmp_path, caplog):
+    members = [("g0.json", meta_json(frames=4)), ("g0.mp4", tiny_mp4(4))]
+    members += [("garbage.json", meta_json()), ("garbage.mp4", b"\x00junk" * 300)]
+    members += [("nojson.mp4", tiny_mp4())]
+    members += [("wrongjson.json", b'{"fps": "fast"}'), ("wrongjson.mp4", tiny_mp4())]
+    members += [("short.json", meta_json(frames=1)), ("short.mp4", tiny_mp4(1))]
+    members += [("liar.json", meta_json(frames=9)), ("liar.mp4", tiny_mp4(1))]  # json says 9
+    members += [("g1.json", meta_json(frames=3)), ("g1.mp4", tiny_mp4(3))]
+    (tmp_path / "shard-a.tar").write_bytes(tar_bytes(members))
+    cut = tar_bytes([("g2.json", meta_json()), ("g2.mp4", tiny_mp4()), ("cut.json", meta_json())])
+    cut += tar_bytes([("cut.mp4", tiny_mp4(8))])[:700]  # header + part of the data
+    (tmp_path / "shard-b.tar").write_bytes(cut)
+
+    cfg = data_cfg(tmp_path, shuffle=False)
+    batches, stream = _samples(cfg)
+    assert sorted(k for (_, k), _, _ in batches) == ["g0", "g1", "g2"]
+    assert stream.skipped == {
+        "bad_video": 1,
+        "missing_json": 1,
+        "bad_json": 1,
+        "too_short": 2,
+        "truncated": 1,
+    }
+    # the same rows in-process, to see the log lines name shard and key
+    with caplog.at_level(logging.WARNING, logger="pipelines.dataset"):
+        decode_rows(read_shard_rows(cfg, str(tmp_path / "shard-a.tar"), 0, 0), cfg)
+    assert "shard-a.tar key=garbage" in caplog.text and "bad_video" in caplog.text
+    assert "shard-a.tar key=wrongjson" in caplog.text
+
+
+def test_missing_location_is_a_clear_error(ray_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        build_dataset(data_cfg(tmp_path / "nothing-here"))
+
+
+def test_epochs_orders_and_determinism(ray_data, mnist_dir):
+    cfg = data_cfg(mnist_dir, epochs=2, seed=3)
+    first, _ = _samples(cfg)
+    again, _ = _samples(cfg)
+    assert first == again  # same seed: same order, same clips
+    by_epoch = [[k for (e, k), *_ in first if e == epoch] for epoch in (0, 1)]
+    assert all(sorted(keys) == sorted(ALL_KEYS) for keys in by_epoch)  # once per epoch
+    assert by_epoch[0] != by_epoch[1]  # a new order each epoch
+    other, _ = _samples(cfg.replace(seed=4, epochs=1))
+    assert [k for (_, k), *_ in other] != by_epoch[0]
+
+
+def test_two_workers_get_disjoint_shares_covering_the_data(ray_data, mnist_dir):
+    cfg = data_cfg(mnist_dir, epochs=2)
+    results: list[list] = [[], []]
+    errors: list[BaseException] = []
+
+    def worker(rank, it):
+        try:
+            for b in VideoBatchStream(it, cfg):
+                results[rank] += [(b.epoch, k) for k in b.keys]
+        except BaseException as exc:  # surface in the main thread
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=worker, args=(r, it))
+        for r, it in enumerate(split_for_workers(build_dataset(cfg), 2))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    a, b = results
+    assert a and b and not set(a) & set(b)
+    assert sorted(a + b) == sorted((e, k) for e in (0, 1) for k in ALL_KEYS)
+
+
+def test_resume_from_cursor_sees_the_rest_exactly_once(ray_data, mnist_dir):
+    cfg = data_cfg(mnist_dir, epochs=2)
+    full, _ = _samples(cfg)
+    stream = VideoBatchStream(build_dataset(cfg), cfg)
+    seen = []
+    for i, b in enumerate(stream):
+        seen += [(b.epoch, k) for k in b.keys]
+        if i == 3:
+            break
+    saved = DataCursor.from_dict(stream.cursor.to_dict())  # as a checkpoint stores it
+    rest, _ = _samples(cfg, DataCursor.merge([saved], num_shards=3))
+    rest_keys = [k for k, *_ in rest]
+    assert not set(seen) & set(rest_keys)
+    assert sorted(seen + rest_keys) == sorted(k for k, *_ in full)
+    assert rest == [x for x in full if x[0] not in set(seen)]  # same order, same clips
+
+
+@pytest.mark.slow
+def test_ray_train_workers_get_disjoint_shares(ray_data, mnist_dir, tmp_path):
+    import ray.train
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from pipelines.ingest import exactly_once_config
+
+    cfg = data_cfg(mnist_dir)
+    out = tmp_path / "keys"
+    out.mkdir()
+
+    def loop(config):
+        from pipelines.batching import VideoBatchStream as Stream
+
+        ctx = ray.train.get_context()
+        stream = Stream(ray.train.get_dataset_shard("train"), config["cfg"])
+        keys = [k for b in stream for k in b.keys]
+        (Path(config["out"]) / f"rank{ctx.get_world_rank()}.txt").write_text("\n".join(keys))
+
+    trainer = DataParallelTrainer(
+        loop,
+        train_loop_config={"cfg": cfg, "out": str(out)},
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.25}),
+        run_config=ray.train.RunConfig(storage_path=str(tmp_path / "runs"), name="ingest"),
+        datasets={"train": build_dataset(cfg)},
+        dataset_config=exactly_once_config(),
+    )
+    trainer.fit()
+    shares = [set((out / f"rank{r}.txt").read_text().split()) for r in range(2)]
+    assert shares[0] and shares[1] and not shares[0] & shares[1]
+    assert shares[0] | shares[1] == ALL_KEYS
+
+
+def test_shard_bytes_equal_their_index_checksums(mnist_dir):
+    for shard in list_shards(str(mnist_dir)):
+        data = Path(shard.url).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == shard.sha256
+        assert len(read_samples(data)) == shard.num_samples
