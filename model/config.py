@@ -9,6 +9,7 @@ reject unknown keys and invalid values with a ``ValueError`` naming the field.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -224,3 +225,45 @@ class MethodConfig(ConfigMixin):
             raise ValueError(
                 f"MethodConfig.continuation_frames={self.continuation_frames}: must be >= 1"
             )
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``a.b.c=value`` strings (values parsed as YAML) in a copy of a nested dict.
+
+    Key validation is left to the config's ``from_dict``, which rejects unknown keys
+    by name at every level.
+
+    Raises:
+        ValueError: an override without ``=`` or with an empty key part.
+    """
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"override {item!r}: expected key.path=value")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(raw, yaml)
+    return out
+
+
+_EXPONENT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")  # 1e-3: a string to YAML 1.1
+
+
+def _parse_value(raw: str, yaml) -> Any:
+    """YAML scalar, plus what YAML 1.1 leaves as strings: ``1e-3`` and ``none``."""
+    if raw.strip().lower() in ("", "none", "null"):
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _EXPONENT.match(raw.strip()):
+        return float(value)
+    return value

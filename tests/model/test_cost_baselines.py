@@ -131,3 +131,16 @@ def test_config_validation_names_field_and_value():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     m = MethodConfig(method="autoregressive", insertion_rule="hierarchical")
     assert MethodConfig.from_dict(m.to_dict()) == m
+
+
+def test_dotted_overrides_parse_values():
+    from model.config import apply_overrides
+
+    out = apply_overrides(
+        {"a": {"b": 1}}, ["a.b=1e-3", "a.c.d=[1, 2]", "x=none", "y='007'", "z=abc"]
+    )
+    assert out == {"a": {"b": 0.001, "c": {"d": [1, 2]}}, "x": None, "y": "007", "z": "abc"}
+    with pytest.raises(ValueError, match="key.path=value"):
+        apply_overrides({}, ["novalue"])
+    with pytest.raises(ValueError, match="not a section"):
+        apply_overrides({"a": 1}, ["a.b=2"])
