@@ -10,7 +10,7 @@ import numpy as np
 from torch import Tensor
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +43,7 @@ def birth_grid(
         births: per video ``[F_b]`` birth iterations (0 = start/context frame), or None.
         path: where to write the PNG.
     """
-    plt = _plt()
+    plt = pyplot()
     rows = list(videos)[:max_videos]
     cols = max(1, min(max_frames, max(v.shape[0] for v in rows)))
     last = max((int(b.max()) for b in (births or [])[: len(rows)] if b.numel()), default=1) or 1
@@ -81,7 +81,7 @@ def length_histogram(
     title: str = "video lengths",
 ) -> Path:
     """Histogram of generated video lengths against the data's (Flowception picks its own length)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     values = [int(v) for v in generated] + [int(v) for v in (data or [])]
     bins = np.arange(min(values) - 0.5, max(values) + 1.5, 1.0)
@@ -112,7 +112,7 @@ def curves(
     ylabel: str = "",
 ) -> Path:
     """Line plot of ``name -> [(step, value), ...]`` (loss curves, metrics over checkpoints)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, points in series.items():
         if not points:
@@ -133,5 +133,5 @@ def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
