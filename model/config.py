@@ -184,6 +184,9 @@ class MethodConfig(ConfigMixin):
     """Context frames are ``(1 - c) x1 + c eps`` in training (spec section 4 step 6)."""
     interp_context_prob: float = 0.1
     """Interpolation training: probability that an inner frame is a keyframe."""
+    uncond_prob: float = 0.0
+    """With context tasks: probability that a training video has no context frames, so the
+    same network also learns unconditional generation (0 = the spec's pure task)."""
     continuation_frames: int = 2
     """Continuation: the first ``c`` frames are context."""
     w_ins: float = 1.0
@@ -215,10 +218,15 @@ class MethodConfig(ConfigMixin):
             raise ValueError(
                 "MethodConfig.n_start=0: allowed only with context frames (task != unconditional)"
             )
-        for name in ("context_noise", "interp_context_prob", "cond_drop_prob"):
+        for name in ("context_noise", "interp_context_prob", "cond_drop_prob", "uncond_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"MethodConfig.{name}={value!r}: must be in [0, 1]")
+        if self.uncond_prob > 0 and self.n_start < 1:
+            raise ValueError(
+                f"MethodConfig.uncond_prob={self.uncond_prob}: needs n_start >= 1 "
+                "(videos without context start from noise frames)"
+            )
         if self.w_ins < 0:
             raise ValueError(f"MethodConfig.w_ins={self.w_ins}: must be >= 0")
         if self.continuation_frames < 1:

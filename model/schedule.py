@@ -67,6 +67,11 @@ def context_mask(
         inner_free = (~ctx & (idx < last)).sum(1)
         mid = (lengths // 2)[:, None]
         ctx = ctx & ~((inner_free == 0)[:, None] & (idx == mid))
+    if method.uncond_prob > 0 and method.task != "unconditional":
+        plain = (
+            torch.rand(b, generator=generator, device=lengths.device) < method.uncond_prob
+        )  # (B,)
+        ctx = ctx & ~plain[:, None]
     if bool((lengths < min_len).any()):
         raise ValueError(
             f"lengths={lengths.tolist()}: task {method.task!r} needs videos of >= {min_len} frames"

@@ -83,3 +83,13 @@ def test_short_videos_for_task_are_an_error():
         _draw([2, 5], 5, task="interpolation")
     with pytest.raises(ValueError, match="lengths"):
         _draw([6], 5)
+
+
+def test_uncond_prob_mixes_unconditional_rows_into_context_tasks():
+    s = _draw([8] * 2000, 8, 4, task="image_to_video", uncond_prob=0.3)
+    has_ctx = s.is_context.any(1).float()
+    assert abs(float(has_ctx.mean()) - 0.7) < 3 * (0.21 / 2000) ** 0.5
+    assert bool(s.visible[:, 0].all())
+    assert bool((s.is_start[:, 0] == ~s.is_context[:, 0]).all())
+    with pytest.raises(ValueError, match="uncond_prob"):
+        MethodConfig(task="image_to_video", uncond_prob=0.2, n_start=0)
