@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from model.config import MethodConfig, ModelConfig, model_config
+from model.config import apply_overrides as _apply_overrides
 from pipelines.config import DataConfig
 
 
@@ -379,14 +380,16 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict.
+    """Apply ``section.key=value`` strings (YAML values, ``1e-3`` a float) to a nested dict.
+
+    Keys are checked against the tree first, so a typo names the override; values
+    are parsed by ``model.config.apply_overrides`` (the project's one parser).
 
     Raises:
         ValueError: malformed override, or a key that no section has.
     """
-    data = json.loads(json.dumps(data))  # deep copy of plain data
     for item in overrides:
-        key, sep, raw = item.partition("=")
+        key, sep, _ = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r}: expected section.key=value")
         parts = key.split(".")
@@ -404,11 +407,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ValueError(f"override {item!r}: unknown key {key!r}")
         else:
             raise ValueError(f"override {item!r}: keys are 'section.key' or 'steps' / 'seed'")
-        node = data
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw else None
-    return data
+    return _apply_overrides(data, overrides)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
