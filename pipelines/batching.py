@@ -10,10 +10,13 @@ The worker side of the data path. In a Ray Train worker::
         cursor = stream.cursor           # DataCursor of every sample yielded so far
     stream.skipped                       # Counter of bad samples by reason (this worker)
 
-``cursor.to_dict()`` goes into the checkpoint of every rank; on resume the driver
-merges them (``DataCursor.merge``) and passes the result to
-``pipelines.dataset.build_dataset(cfg, cursor=...)``, which leaves out what was
-consumed. Nothing here imports Ray: the stream takes anything with
+``cursor.to_dict()`` goes into the checkpoint of every rank; on resume the ranks'
+cursors are merged (``DataCursor.merge``) and the result goes both to
+``pipelines.dataset.build_dataset(cfg, cursor=merged)``, which leaves out what was
+consumed, and to ``VideoBatchStream(..., cursor=merged)``, so later checkpoints
+include the earlier progress. With the exactly-once split (``pipelines.ingest``)
+ranks may get different numbers of batches per epoch: the training loop must not
+assume equal counts (e.g. agree on a step count, or stop all ranks when one runs dry). Nothing here imports Ray: the stream takes anything with
 ``iter_batches(batch_size=..., batch_format="numpy")``.
 """
 

@@ -237,6 +237,8 @@ def build_dataset(cfg: DataConfig, *, cursor: DataCursor | None = None):
     """
     import ray
 
+    # Resolve the endpoint here so that read tasks use the driver's, whatever their env.
+    cfg = cfg.replace(s3_endpoint_url=cfg.endpoint_url())
     shards = list_shards(cfg.shards, Storage.from_config(cfg))
     if not shards:
         raise FileNotFoundError(f"{cfg.shards}: no shards")

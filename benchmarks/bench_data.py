@@ -1,0 +1,236 @@
+"""Decoded clips per second: the Ray Data reader vs ``webdataset.WebDataset`` + DataLoader.
+
+Both readers decode the same shards with the same code (``pipelines.decode``: PyAV,
+clip plan, centre crop + resize) and hand uint8 clips to the consumer; they differ
+only in how shards are read and work is spread. Each is run with 1 and 2 workers
+(Ray: concurrent read+decode tasks; DataLoader: worker processes), on local disk and
+on a local S3 endpoint (moto), after one warm-up pass.
+
+    python benchmarks/bench_data.py                    # ~1-3 min on 2 cores
+    python benchmarks/bench_data.py --quick            # 192 videos
+
+Writes ``benchmarks/results/data.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipelines.config import DataConfig  # noqa: E402
+from pipelines.dataset import decode_rows, read_shard_rows  # noqa: E402
+from pipelines.s3_local import local_s3, use_dummy_credentials  # noqa: E402
+from pipelines.shards import Storage, list_shards  # noqa: E402
+from pipelines.sources import moving_mnist, write_clips  # noqa: E402
+
+# --------------------------------------------------------------------------- #
+#                                   Readers                                   #
+# --------------------------------------------------------------------------- #
+
+
+def run_ray(cfg: DataConfig) -> int:
+    """Decoded clips delivered by the Ray Data reader (one pass)."""
+    from pipelines.dataset import build_dataset
+
+    clips = 0
+    for batch in build_dataset(cfg).iter_batches(batch_size=32, batch_format="numpy"):
+        clips += int((batch["status"] == "ok").sum())
+    return clips
+
+
+_S3: dict[int, object] = {}
+
+
+def _s3_open(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    import s3fs
+
+    pid = os.getpid()  # one client per DataLoader worker process (not shared across fork)
+    if pid not in _S3:
+        _S3[pid] = s3fs.S3FileSystem(
+            endpoint_url=os.environ["AWS_ENDPOINT_URL"], skip_instance_cache=True
+        )
+    return _S3[pid].open(url[len("s3://") :], "rb")
+
+
+def _wds_decode(sample: dict, cfg: DataConfig) -> dict:
+    """The same per-sample work as the Ray reader: json check, clip plan, decode, resize."""
+    import numpy as np
+
+    from pipelines import schema
+    from pipelines.decode import DecodeError, centre_crop_resize, decode_mp4
+    from pipelines.samples import plan_clip, sample_rng
+
+    try:
+        meta = schema.parse_meta(sample["json"])
+        plan = plan_clip(
+            meta.num_frames,
+            max_frames=cfg.num_frames,
+            min_frames=cfg.min_frames,
+            stride=cfg.frame_stride,
+            random_start=cfg.clip_start == "random",
+            rng=sample_rng(cfg.seed, 0, sample["__key__"]),
+        )
+        if plan is None:
+            return {"key": sample["__key__"], "video": None}
+        clip = decode_mp4(
+            sample["mp4"], channels=cfg.channels, start=plan[0], max_frames=plan[1]
+        )  # (T, H, W, C)
+        return {"key": sample["__key__"], "video": centre_crop_resize(clip, cfg.size)}
+    except (ValueError, KeyError, DecodeError):
+        return {"key": sample["__key__"], "video": np.zeros((0,))}
+
+
+def run_webdataset(cfg: DataConfig, workers: int) -> int:
+    """Decoded clips delivered by ``webdataset.WebDataset`` + ``DataLoader`` (one pass)."""
+    from functools import partial
+
+    import torch
+    import webdataset as wds
+
+    # webdataset has no s3:// opener; register one (inherited by forked DataLoader workers)
+    sys.modules["webdataset.gopen"].gopen_schemes["s3"] = _s3_open
+    urls = [s.url for s in list_shards(cfg.shards, Storage.from_config(cfg))]
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).map(
+        partial(_wds_decode, cfg=cfg)
+    )
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=workers, collate_fn=lambda x: x
+    )
+    return sum(1 for s in loader if s["video"] is not None and len(s["video"]))
+
+
+def run_plain(cfg: DataConfig) -> int:
+    """Single process, no framework: the decode cost itself (reference)."""
+    clips = 0
+    for i, shard in enumerate(list_shards(cfg.shards, Storage.from_config(cfg))):
+        rows = decode_rows(read_shard_rows(cfg, shard.url, 0, i), cfg)
+        clips += int((rows["status"] == "ok").sum())
+    return clips
+
+
+REPEATS = 2
+
+
+def timed(fn, *args) -> tuple[int, float]:
+    """Clips of one pass and the best time of ``REPEATS`` passes after a warm-up pass
+    (worker processes, imports, page cache, S3 connections); best-of because the
+    machine is shared and slow outliers are other people's work.
+    """
+    fn(*args)
+    best = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        clips = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return clips, best
+
+
+# --------------------------------------------------------------------------- #
+#                                    Main                                     #
+# --------------------------------------------------------------------------- #
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", type=int, default=768)
+    parser.add_argument("--per-shard", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data.json"))
+    parser.add_argument("--quick", action="store_true", help="192 videos (make bench --quick)")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed passes (best of)")
+    args = parser.parse_args(argv)
+    globals()["REPEATS"] = args.repeats
+    if args.quick:
+        args.videos = min(args.videos, 192)
+
+    import ray
+
+    use_dummy_credentials()
+    load_before = os.getloadavg()[0]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, local_s3() as endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        local = f"{tmp}/shards"
+        print(f"writing {args.videos} Moving MNIST videos ({args.size}px, 8-20 frames)...")
+        clips = list(moving_mnist(args.videos, size=args.size, min_frames=8, max_frames=20))
+        write_clips(clips, local, max_samples=args.per_shard)
+        import s3fs
+
+        s3fs.S3FileSystem(endpoint_url=endpoint).mkdir("bench")
+        write_clips(
+            clips, "s3://bench/shards", max_samples=args.per_shard, storage=Storage(endpoint)
+        )
+        ray.init(num_cpus=max(args.workers), include_dashboard=False, configure_logging=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        base = DataConfig(shards=local, size=args.size, num_frames=16, frame_budget=256)
+        for storage, where in (("local", local), ("s3", "s3://bench/shards")):
+            cfg = base.replace(shards=where, s3_endpoint_url=endpoint)
+            if storage == "local":
+                n, sec = timed(run_plain, cfg)
+                results.append(
+                    dict(reader="plain", storage=storage, workers=1, clips=n, seconds=sec)
+                )
+            for w in args.workers:
+                n, sec = timed(run_ray, cfg.replace(decode_workers=w))
+                results.append(dict(reader="ray", storage=storage, workers=w, clips=n, seconds=sec))
+                n, sec = timed(run_webdataset, cfg, w)
+                results.append(
+                    dict(reader="webdataset", storage=storage, workers=w, clips=n, seconds=sec)
+                )
+        ray.shutdown()
+
+    for r in results:
+        r["clips_per_s"] = round(r["clips"] / r["seconds"], 1)
+        r["seconds"] = round(r["seconds"], 3)
+    rate = {(r["reader"], r["storage"], r["workers"]): r["clips_per_s"] for r in results}
+    ratios = {
+        f"ray_over_webdataset_{s}_{w}w": round(rate[("ray", s, w)] / rate[("webdataset", s, w)], 3)
+        for s in ("local", "s3")
+        for w in args.workers
+    }
+    if len(args.workers) > 1:
+        lo, hi = min(args.workers), max(args.workers)
+        for reader in ("ray", "webdataset"):
+            ratios[f"{reader}_scaling_local_{lo}to{hi}w"] = round(
+                rate[(reader, "local", hi)] / rate[(reader, "local", lo)], 3
+            )
+    report = {
+        "benchmark": "data",
+        "videos": args.videos,
+        "frame_size": args.size,
+        "per_shard": args.per_shard,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "repeats": args.repeats,
+        "load_average_before": load_before,
+        "note": "2-core machine shared with other jobs: absolute rates are noisy",
+        "results": results,
+        "ratios": ratios,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+
+    print(f"\n{'reader':<11}{'storage':<8}{'workers':>8}{'clips':>7}{'s':>8}{'clips/s':>9}")
+    for r in results:
+        print(
+            f"{r['reader']:<11}{r['storage']:<8}{r['workers']:>8}{r['clips']:>7}"
+            f"{r['seconds']:>8.2f}{r['clips_per_s']:>9.1f}"
+        )
+    for k, v in ratios.items():
+        print(f"{k}: {v}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""``flowception data ...`` end to end, and the local S3 server's lifecycle."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from eval.cli import main
+from pipelines.s3_local import local_s3
+
+
+def test_make_shards_then_check(tmp_path, capsys):
+    out = tmp_path / "mm"
+    rc = main(
+        [
+            "data",
+            "make-shards",
+            "moving-mnist",
+            "--out",
+            str(out),
+            "--size",
+            "32",
+            "--num-videos",
+            "7",
+            "--max-samples",
+            "3",
+            "--min-frames",
+            "2",
+            "--max-frames",
+            "5",
+        ]
+    )
+    assert rc == 0
+    index = json.loads((out / "index.json").read_text())
+    assert [s["num_samples"] for s in index["shards"]] == [3, 3, 1]
+    assert index["meta"] == {"source": "moving_mnist", "split": "train", "size": 32}
+    capsys.readouterr()
+    assert main(["data", "check", "--shards", str(out), "--size", "32", "--channels", "1"]) == 0
+    assert capsys.readouterr().out.split() == ["ok", "7"]
+
+
+def test_make_shards_to_s3(s3_bucket, s3_endpoint):
+    import s3fs
+
+    url = f"{s3_bucket}/cli"
+    rc = main(
+        [
+            "data",
+            "make-shards",
+            "moving-mnist",
+            "--out",
+            url,
+            "--size",
+            "32",
+            "--num-videos",
+            "2",
+            "--s3-endpoint",
+            s3_endpoint,
+        ]
+    )
+    assert rc == 0
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(url[5:])) == ["index.json", "shard-000000.tar"]
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    assert main(["data", "check", "--shards", str(tmp_path / "absent")]) == 2
+    assert "absent" in capsys.readouterr().err
+    assert main(["data", "make-shards", "folder", "--out", str(tmp_path / "x")]) == 2
+    assert "--folder is required" in capsys.readouterr().err
+
+
+def test_local_s3_stops_its_server():
+    with local_s3() as endpoint:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5) as r:
+            assert r.status == 200
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
