@@ -93,11 +93,15 @@ def client(address: str | None) -> Any:
     """A ``JobSubmissionClient``, sending the Ray auth token when one is available."""
     from ray.job_submission import JobSubmissionClient
 
-    token_file = Path.home() / ".ray" / "auth_token"
-    if "RAY_AUTH_MODE" not in os.environ and (
-        os.environ.get("RAY_AUTH_TOKEN") or token_file.exists()
-    ):
-        os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray's own "use token auth if a token exists" switch; it also refreshes the
+        # config Ray cached at import (setting RAY_AUTH_MODE afterwards is not seen).
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except ImportError:  # older Ray: no token auth
+        pass
     return JobSubmissionClient(address)
 
 
@@ -109,19 +113,31 @@ def submit(
     pip: bool = True,
     env: dict[str, str] | None = None,
     submission_id: str | None = None,
+    agent_wait_s: float = 120.0,
 ) -> str:
     """Validate the config here, then submit the training job; returns the job id.
+
+    A freshly started head answers "No available agent" for a while; the submission
+    is retried for up to ``agent_wait_s`` seconds.
 
     Raises:
         ValueError / FileNotFoundError: the config is invalid (nothing is submitted).
     """
     cfg = load_config(config, overrides)  # fail before the cluster sees anything
-    return client(address).submit_job(
-        entrypoint=entrypoint(config, overrides),
-        runtime_env=runtime_env(pip=pip, env=env),
-        submission_id=submission_id,
-        metadata={"config_hash": cfg.hash(), "run_name": cfg.run_name()},
-    )
+    jobs = client(address)
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return jobs.submit_job(
+                entrypoint=entrypoint(config, overrides),
+                runtime_env=runtime_env(pip=pip, env=env),
+                submission_id=submission_id,
+                metadata={"config_hash": cfg.hash(), "run_name": cfg.run_name()},
+            )
+        except RuntimeError as exc:  # a head that just started has no job agent yet
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
 
 
 def status(job_id: str, *, address: str | None) -> str:
