@@ -60,6 +60,17 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _update_ema(ema: Any, engine: Any, zero_stage: int) -> None:
+    """EMA after an optimiser step; ZeRO-3 partitions parameters, so gather them first."""
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+            ema.update(engine.module)
+    else:
+        ema.update(engine.module)  # ZeRO 0-2 keep the full weights on every rank
+
+
 def synced(batches: Iterator, device: torch.device) -> Iterator:
     """Yield batches while *every* rank has one (ranks' shards may differ by a batch)."""
     it = iter(batches)
@@ -70,6 +81,17 @@ def synced(batches: Iterator, device: torch.device) -> Iterator:
         if more.item() == 0:
             return
         yield batch
+
+
+def update_ema(ema: Any, net: torch.nn.Module, zero_stage: int) -> None:
+    """EMA step on the full weights (ZeRO-3 partitions them: gather first)."""
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(net.parameters())):
+            ema.update(net)
+    else:
+        ema.update(net)
 
 
 def _upload_fn(local: Path) -> Any:
@@ -187,6 +209,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             continue
         step += 1
         steps_window += 1
+        _update_ema(ema, engine, cfg.deepspeed.zero_stage)
         maybe_die("step", step, rank)
 
         if step % cfg.tracking.log_every == 0 or step == cfg.steps:
