@@ -158,7 +158,11 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
         dataset_config=exactly_once_config(),
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception:
+        mark_failed(run)
+        raise
     seconds = time.perf_counter() - t0
     last = checkpoint.resolve_checkpoint(run["run_uri"], endpoint)
     export = None
@@ -173,6 +177,18 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
         metrics=dict(result.metrics or {}),
         seconds=seconds,
     )
+
+
+def mark_failed(run: dict[str, Any]) -> None:
+    """Close the run's MLflow run as FAILED (the workers could not)."""
+    if not run.get("mlflow_run_id"):
+        return
+    import mlflow
+
+    try:
+        mlflow.MlflowClient(run["mlflow_uri"]).set_terminated(run["mlflow_run_id"], "FAILED")
+    except Exception as exc:  # noqa: BLE001 - the training error is what matters
+        log.warning("MLflow: could not mark run %s failed (%s)", run["mlflow_run_id"], exc)
 
 
 def export_run(ckpt: str, run_uri: str, endpoint: str | None) -> str:

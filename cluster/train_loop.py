@@ -30,11 +30,22 @@ from cluster.config import TrainConfig
 from cluster.deepspeed_config import deepspeed_config
 from cluster.faults import maybe_die
 from cluster.lr import lr_scheduler
+from model.flops import training_flops
 
 log = logging.getLogger("flowception.train")
 
 # Per-step numbers summed over ranks with one all-reduce (order matters).
-SUMMED = ("finite", "loss", "loss_velocity", "loss_insertion", "visible_frames", "valid_frames")
+SUMMED = (
+    "finite", "loss", "loss_velocity", "loss_insertion", "visible_frames", "valid_frames", "flops",
+)  # fmt: skip
+# Insertion diagnostics of rank 0's batches (model.training stats), averaged per log window.
+DIAGNOSTICS = {
+    "rate_mean": "diag/rate_mean", "rate_p10": "diag/rate_p10", "rate_p50": "diag/rate_p50",
+    "rate_p90": "diag/rate_p90", "expected_length_mean": "diag/expected_length",
+    "data_length_mean": "diag/data_length", "velocity_mask_share": "diag/velocity_mask_share",
+    "rate_mask_share": "diag/rate_mask_share",
+}  # fmt: skip
+COLLAPSE = 0.8  # warn when the expected final length falls below this share of the data's
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -69,6 +80,17 @@ def _update_ema(ema: Any, engine: Any, zero_stage: int) -> None:
             ema.update(engine.module)
     else:
         ema.update(engine.module)  # ZeRO 0-2 keep the full weights on every rank
+
+
+def _warn_rate_collapse(metrics: dict[str, float], step: int) -> None:
+    """Under-insertion: the rate head predicts far fewer frames than the data has."""
+    expected, data = metrics.get("diag/expected_length"), metrics.get("diag/data_length")
+    if expected is not None and data and expected < COLLAPSE * data:
+        log.warning(
+            "step %d: insertion rate collapsing (expected final length %.2f vs data %.2f frames); "
+            "sample with insertion guidance > 1 (method.insertion_guidance / eval sampler.insertion_guidance)",
+            step, expected, data,
+        )  # fmt: skip
 
 
 def synced(batches: Iterator, device: torch.device) -> Iterator:
@@ -169,6 +191,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window = torch.zeros(len(SUMMED), dtype=torch.float64)
     t_window, steps_window, micro = time.perf_counter(), 0, 0
     last: dict[str, float] = {}
+    diag_sums: dict[str, float] = {}
+    diag_counts: dict[str, int] = {}
+    flops_total = 0.0  # training FLOPs of the packed batches since this worker started
     for batch in synced(stream, device) if step < cfg.steps else ():
         labels = batch.labels.to(device) if cfg.model.num_classes else None
         out = training_step(
@@ -189,6 +214,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 loss.insertion.item(),
                 out.stats["visible_frames"],
                 out.stats["valid_frames"],
+                training_flops(out.index.cu_seqlens, cfg.model)["total"],
             ],
             dtype=torch.float64,
             device=device,
@@ -205,6 +231,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         engine.step()
         micro += 1
         window += sums
+        for key in DIAGNOSTICS.keys() & out.stats.keys():
+            diag_sums[key] = diag_sums.get(key, 0.0) + out.stats[key]
+            diag_counts[key] = diag_counts.get(key, 0) + 1
         if micro % cfg.optim.grad_accum_steps:
             continue
         step += 1
@@ -226,8 +255,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "epoch": float(batch.epoch),
+                "time_per_step_s": dt / max(steps_window, 1),
             }
+            flops_total += window[6].item()
+            last["train_flops"] = flops_total
+            last.update({DIAGNOSTICS[k]: v / diag_counts[k] for k, v in diag_sums.items()})
+            diag_sums.clear()
+            diag_counts.clear()
             if rank == 0:
+                _warn_rate_collapse(last, step)
                 log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in last.items()))
                 if tracker:
                     tracker.log_metrics(last, step)

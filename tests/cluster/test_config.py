@@ -105,3 +105,21 @@ def test_flat_params_and_overrides_do_not_mutate_input():
     flat = load_config(ROOT / "configs/demo-cpu.yaml").flat()
     assert flat["optim.lr"] == pytest.approx(1e-3) and flat["deepspeed.zero_stage"] == 2
     assert all("." in k or k in ("steps", "seed") for k in flat)
+
+
+def test_deploy_manifests_submit_a_valid_config():
+    import shlex
+
+    job = yaml.safe_load((ROOT / "deploy/rayjob.yaml").read_text())
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:4] == ["python", "-m", "eval.cli", "train"]
+    cfg = load_config(ROOT / argv[4], argv[5:])
+    assert cfg.cluster.storage_path.startswith("s3://") and cfg.cluster.num_workers == 16
+    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    gpus = workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    assert workers["replicas"] * int(gpus) == cfg.cluster.num_workers
+    launcher = yaml.safe_load((ROOT / "deploy/ray-cluster.yaml").read_text())
+    assert launcher["available_node_types"]["gpu_8x"]["min_workers"] == 2
+    assert "AWS_SECRET_ACCESS_KEY=" not in (ROOT / "deploy/rayjob.yaml").read_text().replace(
+        "--from-literal=AWS_SECRET_ACCESS_KEY=...", ""
+    )

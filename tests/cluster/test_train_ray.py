@@ -186,3 +186,22 @@ def test_resume_from_checkpoint_with_crash_mid_save(run_a, shards, services, tmp
     c_loss = _history(services, c.mlflow_run_id, "loss")
     assert sorted(c_loss) == [4, 5, 6]
     assert c_loss == {s: a_loss[s] for s in (4, 5, 6)}
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(shards, services, tmp_path):
+    import mlflow
+    import ray.train
+
+    cfg = _cfg(
+        shards, services, "nan", str(tmp_path / "runs"),
+        "optim.lr=1e30", "optim.warmup_steps=0", "optim.grad_clip=0", "cluster.max_failures=0",
+        "tracking.sample_every=0",
+    )  # fmt: skip
+    with pytest.raises(ray.train.TrainingFailedError, match=r"non-finite loss at step \d"):
+        launch(cfg)
+    client = mlflow.MlflowClient(services["mlflow"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("test-train").experiment_id],
+        filter_string="attributes.run_name = 'nan'",
+    )
+    assert [r.info.status for r in runs] == ["FAILED"]
