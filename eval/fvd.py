@@ -69,6 +69,11 @@ def select_clips(
     n = protocol.num_frames
     clips, kept = [], []
     for i, video in enumerate(videos):
+        if video.shape[1:] != videos[0].shape[1:] or video.dtype != np.uint8:
+            raise ValueError(
+                f"videos[{i}]: {video.dtype} {video.shape}, expected uint8 (T, "
+                f"{', '.join(map(str, videos[0].shape[1:]))}) like videos[0]"
+            )
         t = int(video.shape[0])
         if t < n:
             continue

@@ -102,6 +102,9 @@ def test_real_clips_are_consecutive_at_random_offsets():
     assert starts.min() == 0 and starts.max() == 48  # every offset 0 .. T - 16 is possible
     again = select_clips(videos, protocol, role="real", rng=np.random.default_rng(0))
     assert (again.clips == sel.clips).all()  # seeded
+    mixed = [videos[0], np.zeros((20, 8, 8, 3), np.uint8)]
+    with pytest.raises(ValueError, match=r"videos\[1\]: uint8 \(20, 8, 8, 3\)"):
+        select_clips(mixed, protocol, role="real", rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="role='gen'"):
         select_clips(videos, protocol, role="gen", rng=np.random.default_rng(0))
 
@@ -152,12 +155,12 @@ def test_reference_cache_s3(eval_s3_bucket: str):
 
 @pytest.fixture(scope="module")
 def real_clips() -> np.ndarray:
-    """59 real 16-frame clips (64x64) cut every 8 frames from three sample videos."""
+    """47 real 16-frame clips (64x64) cut every 10 frames from three sample videos."""
     clips = []
     for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
         video = read_video(name, side=64)
-        clips += [video[s : s + 16] for s in range(0, len(video) - 15, 8)]
-    return np.stack(clips)  # (59, 16, 64, 64, 3)
+        clips += [video[s : s + 16] for s in range(0, len(video) - 15, 10)]
+    return np.stack(clips)  # (47, 16, 64, 64, 3)
 
 
 def _fvd(extractor: I3DFeatureExtractor, ref: Gaussian, clips: np.ndarray) -> float:
@@ -183,9 +186,9 @@ def test_fvd_real_i3d_self_zero_and_monotone(extractor_64: I3DFeatureExtractor, 
     noise = rng.standard_normal(real_clips.shape).astype(np.float32)
     noisy = [
         _fvd(extractor_64, ref, np.clip(real_clips + s * noise, 0, 255).astype(np.uint8))
-        for s in (5.0, 20.0, 60.0)
+        for s in (8.0, 40.0)
     ]
-    assert 0 < noisy[0] < noisy[1] < noisy[2], noisy
+    assert 0.01 * scale < noisy[0] < noisy[1], noisy
 
     shuffled = []
     for k in (4, 16):  # permute k of the 16 frames of every clip
@@ -196,4 +199,4 @@ def test_fvd_real_i3d_self_zero_and_monotone(extractor_64: I3DFeatureExtractor, 
             idx[chosen] = np.roll(chosen, 1)  # a derangement of the chosen frames
             clips[i] = real_clips[i][idx]
         shuffled.append(_fvd(extractor_64, ref, clips))
-    assert 0 < shuffled[0] < shuffled[1], shuffled
+    assert 0.01 * scale < shuffled[0] < shuffled[1], shuffled
