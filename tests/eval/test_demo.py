@@ -1,0 +1,70 @@
+"""`flowception demo --quick` end to end: data, real services, training, samples, eval."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path):
+    """The README's demo at --quick size, as a user runs it (own process, own services)."""
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "eval.cli", "demo", "--quick", "--out", str(out), "--steps", "20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for k in range(1, 9):
+        assert f"[{k}/8]" in proc.stdout
+    assert "MLflow UI:" in proc.stdout and "Flowception demo finished" in proc.stdout
+
+    summary = json.loads((out / "summary.json").read_text())
+    ev = summary["eval"]
+    for key in (
+        "fvd_demo_10f",
+        "length/wasserstein",
+        "vbench/temporal_flickering",
+        "vbench/subject_consistency",
+    ):
+        assert math.isfinite(ev[key]), key
+    lengths = summary["sample_lengths"]
+    assert set(lengths) == {"image_to_video", "unconditional"}
+    assert all(2 <= n <= 16 for v in lengths.values() for n in v)
+    for f in (
+        "samples/image_to_video/frame_grid.png",
+        "samples/unconditional/frame_grid.png",
+        "loss_curves.png",
+    ):
+        assert (out / f).stat().st_size > 5000, f
+
+    # MLflow (the demo stopped its server): restart it on the same store and read the runs back
+    from mlflow.tracking import MlflowClient
+
+    from cluster.mlflow_server import mlflow_server
+
+    with mlflow_server(out / "mlflow") as uri:
+        client = MlflowClient(uri)
+        run = client.get_run(summary["mlflow_run_id"])
+        metrics = run.data.metrics
+        for key in ("loss", "loss_velocity", "loss_insertion", "train_flops", "diag/rate_mean",
+                    "diag/expected_length", "eval/fvd_demo_10f"):  # fmt: skip
+            assert key in metrics, key
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"demo_samples", "plots"} <= arts
+        children = client.search_runs([run.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")  # fmt: skip
+        assert [c.data.tags["flowception.eval_status"] for c in children] == ["done"]
+
+    # the EMA weights that samples and eval use were trained (not the zero-initialised heads)
+    from safetensors.torch import load_file
+
+    ema = load_file(str(Path(summary["export"]) / "ema.safetensors"))
+    assert float(ema["velocity_head.linear.weight"].abs().sum()) > 0
