@@ -210,7 +210,7 @@ class DataCursor:
             for e, s, rs in c.samples_done:
                 for a, b in rs:
                     ranges[(e, s)] = _add_range(ranges.get((e, s), ()), a, b)
-        if num_shards is not None:
+        if num_shards:
             while all((epoch, s) in done for s in range(num_shards)):
                 epoch += 1
         return DataCursor(

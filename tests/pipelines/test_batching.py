@@ -120,5 +120,6 @@ def test_cursor_round_trip_and_merge():
     done = DataCursor.merge([DataCursor(shards_done=((0, 0), (0, 1), (1, 0)))], num_shards=2)
     assert done.epoch == 1 and done.shards_done == ((1, 0),)
     assert done.skip(0, 1) is None
+    assert DataCursor.merge([], num_shards=0) == DataCursor()
     with pytest.raises(ValueError, match="unknown"):
         DataCursor.from_dict({"epoch": 0, "step": 3})
