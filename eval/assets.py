@@ -26,7 +26,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -39,47 +39,33 @@ KINETICS400_FILE = Path(__file__).with_name("kinetics400_classes.txt")
 # ----------------------------------------------------------------------------- storage
 
 
-def is_remote(uri: str | Path) -> bool:
-    """True for URIs handled by fsspec (``s3://``, ``gs://``, ``memory://`` ...)."""
-    return "://" in str(uri) and not str(uri).startswith("file://")
+def read_bytes(uri: str | Path) -> bytes:
+    """The whole content of a local path or ``s3://`` URI; ``FileNotFoundError`` names it.
 
-
-def open_uri(uri: str | Path, mode: str = "rb") -> IO[Any]:
-    """Open a local path or a remote URI (fsspec/s3fs imported only for remote URIs).
-
-    Args:
-        uri: A local path or e.g. ``s3://bucket/key``.
-        mode: ``"rb"``, ``"wb"``, ``"r"`` or ``"w"``.
-
-    Returns:
-        An open file object; the caller closes it (``with open_uri(...) as f``).
+    Goes through the project's one storage boundary (``pipelines.shards``: s3fs,
+    endpoint from the environment, retries on transient errors).
     """
-    if is_remote(uri):
-        import fsspec
+    from pipelines.shards import exists
+    from pipelines.shards import read_bytes as read
 
-        return fsspec.open(str(uri), mode).open()
-    path = Path(str(uri).removeprefix("file://"))
-    if "w" in mode:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, mode)  # noqa: SIM115 - the caller closes it
+    uri = str(uri)
+    if not exists(uri):
+        raise FileNotFoundError(f"{uri}: no such file")
+    return read(uri)
+
+
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    """Write a local path (parents created) or an ``s3://`` object."""
+    from pipelines.shards import write_bytes as write
+
+    write(str(uri), data)
 
 
 def uri_exists(uri: str | Path) -> bool:
-    """Whether a local path or remote URI exists."""
-    if is_remote(uri):
-        import fsspec
+    """Whether a local path or ``s3://`` object exists."""
+    from pipelines.shards import exists
 
-        fs, path = fsspec.core.url_to_fs(str(uri))
-        return bool(fs.exists(path))
-    return Path(str(uri).removeprefix("file://")).exists()
-
-
-def read_bytes(uri: str | Path) -> bytes:
-    """The whole content of a local path or remote URI; FileNotFoundError names it."""
-    if not uri_exists(uri):
-        raise FileNotFoundError(f"{uri}: no such file")
-    with open_uri(uri, "rb") as f:
-        return f.read()
+    return exists(str(uri))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -241,10 +227,8 @@ def convert_i3d(
         source_sha256=sha256_bytes(raw),
         num_tensors=len(tensors),
     )
-    with open_uri(out, "wb") as f:
-        f.write(blob)
-    with open_uri(f"{out}.json", "w") as f:
-        json.dump(record.to_dict(), f, indent=2)
+    write_bytes(out, blob)
+    write_bytes(f"{out}.json", json.dumps(record.to_dict(), indent=2).encode())
     return record
 
 

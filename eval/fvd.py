@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.linalg
 
-from eval.assets import open_uri, read_bytes, uri_exists
+from eval.assets import read_bytes, uri_exists, write_bytes
 from eval.config import FVDProtocol
 
 Role = Literal["real", "fake"]
@@ -309,8 +309,7 @@ def save_reference(
         protocol_hash=np.str_(protocol.hash()),
         detector_sha256=np.str_(detector_sha256),
     )
-    with open_uri(uri, "wb") as f:
-        f.write(buf.getvalue())
+    write_bytes(uri, buf.getvalue())
 
 
 def load_reference(

@@ -141,6 +141,14 @@ def write_bytes(url: str, data: bytes, storage: Storage | None = None) -> None:
     with_retries(put, what=url, attempts=storage.retries)
 
 
+def exists(url: str, storage: Storage | None = None) -> bool:
+    """Whether the object or file at ``url`` exists (retried on transient errors)."""
+    fs, path = filesystem(url, storage)
+    return bool(
+        with_retries(lambda: fs.exists(path), what=url, attempts=(storage or Storage()).retries)
+    )
+
+
 # --------------------------------------------------------------------------- #
 #                                  Listing                                    #
 # --------------------------------------------------------------------------- #
