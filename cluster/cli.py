@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_export)
 
     server = subparsers.add_parser("mlflow-server", help="run a local MLflow server until Ctrl-C")
-    server.add_argument("--root", default="mlflow", help="holds mlflow.db and artifacts/")
+    server.add_argument("--root", default="mlruns", help="holds mlflow.db and artifacts/")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=None, help="default: a free port")
     server.set_defaults(func=_mlflow_server)
@@ -154,8 +154,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _mlflow_server(args: argparse.Namespace) -> int:
+    import signal
+
     from cluster.mlflow_server import mlflow_server
 
+    # `kill PID` (SIGTERM) must stop the server too, not only Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with mlflow_server(Path(args.root), host=args.host, port=args.port) as uri:
         print(f"export MLFLOW_TRACKING_URI={uri}", flush=True)
         try:

@@ -12,6 +12,7 @@ hash, git commit), the ``step_XXXXXXX/`` checkpoints and, at the end, ``export/`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -101,9 +102,22 @@ def run_info(cfg: TrainConfig) -> dict[str, Any]:
         "created": previous.get("created", time.time()),
     }
     storage.with_retries(lambda: fs.create_dir(run_path, recursive=True), what=run_path)
-    with fs.open_output_stream(info_path) as f:
-        f.write(json.dumps(info, indent=1).encode())
+    storage.write_text(fs, info_path, json.dumps(info, indent=1))
     return info
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Local paths made absolute here: Ray tasks and workers run in other directories."""
+
+    def fix(path: str | None) -> str | None:
+        return path if path is None or "://" in path else os.path.abspath(path)
+
+    return dataclasses.replace(
+        cfg,
+        data=cfg.data.replace(shards=fix(cfg.data.shards)),
+        checkpoint=dataclasses.replace(cfg.checkpoint, resume_from=fix(cfg.checkpoint.resume_from)),
+        cluster=dataclasses.replace(cfg.cluster, storage_path=fix(cfg.cluster.storage_path)),
+    )
 
 
 def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> TrainResult:
@@ -123,6 +137,7 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
     from cluster.train_loop import train_loop_per_worker
     from pipelines.ingest import exactly_once_config
 
+    cfg = absolute_paths(cfg)
     endpoint = cfg.cluster.storage_endpoint_url
     if cfg.checkpoint.resume_from:  # fail now, not in the workers
         checkpoint.resume_point("/nonexistent", cfg.checkpoint.resume_from, endpoint)

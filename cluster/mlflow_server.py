@@ -3,14 +3,14 @@
 For local runs and the tests; on a cluster point ``MLFLOW_TRACKING_URI`` at the
 team's server instead.
 
-    flowception mlflow-server                       # ./mlflow/, free port, Ctrl-C stops it
+    flowception mlflow-server                       # ./mlruns/, free port, Ctrl-C stops it
     flowception mlflow-server --root /data/mlflow --port 5000
     export MLFLOW_TRACKING_URI=http://127.0.0.1:5000
     flowception train configs/demo-cpu.yaml
 
 From Python (the server is stopped, with its workers, when the block exits)::
 
-    with mlflow_server(Path("mlflow")) as uri:
+    with mlflow_server(Path("mlruns")) as uri:
         ...
 """
 

@@ -99,6 +99,16 @@ def read_text(fs: pafs.FileSystem, path: str) -> str:
     return with_retries(read, what=path)
 
 
+def write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
+    """Write a small file in one go, retried (S3 may fail a PUT transiently)."""
+
+    def write() -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(text.encode())
+
+    with_retries(write, what=path)
+
+
 def upload_files(
     local_dir: Path,
     fs: pafs.FileSystem,

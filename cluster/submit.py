@@ -33,7 +33,7 @@ from typing import Any
 from cluster.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-EXCLUDES = [".venv", ".git", "runs", "mlflow", "data", "benchmarks/results", "*.egg-info",
+EXCLUDES = [".venv", ".git", "runs", "mlflow", "mlruns", "data", "benchmarks/results", "*.egg-info",
             "__pycache__", ".pytest_cache", ".ruff_cache"]  # fmt: skip
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_REGION")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

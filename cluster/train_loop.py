@@ -105,17 +105,6 @@ def synced(batches: Iterator, device: torch.device) -> Iterator:
         yield batch
 
 
-def update_ema(ema: Any, net: torch.nn.Module, zero_stage: int) -> None:
-    """EMA step on the full weights (ZeRO-3 partitions them: gather first)."""
-    if zero_stage == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(net.parameters())):
-            ema.update(net)
-    else:
-        ema.update(net)
-
-
 def _upload_fn(local: Path) -> Any:
     """``checkpoint_upload_fn`` for ``ray.train.report``: copy ``local``, manifest last."""
     import ray.train

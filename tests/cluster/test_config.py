@@ -123,3 +123,17 @@ def test_deploy_manifests_submit_a_valid_config():
     assert "AWS_SECRET_ACCESS_KEY=" not in (ROOT / "deploy/rayjob.yaml").read_text().replace(
         "--from-literal=AWS_SECRET_ACCESS_KEY=...", ""
     )
+
+
+def test_launch_makes_local_paths_absolute(tmp_path, monkeypatch):
+    from cluster.launch import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(
+        ROOT / "configs/demo-cpu.yaml",
+        ["data.shards=data/x", "cluster.storage_path=runs", "checkpoint.resume_from=s3://b/run"],
+    )
+    fixed = absolute_paths(cfg)
+    assert fixed.data.shards == str(tmp_path / "data/x")
+    assert fixed.cluster.storage_path == str(tmp_path / "runs")
+    assert fixed.checkpoint.resume_from == "s3://b/run"
