@@ -46,8 +46,8 @@ class DemoPlan:
         if quick:
             return cls(train_videos=48, test_videos=12, steps=steps or 30, eval_videos=6,
                        sample_videos=4, checkpoint_every=15)  # fmt: skip
-        return cls(train_videos=400, test_videos=48, steps=steps or 300, eval_videos=24,
-                   sample_videos=8, checkpoint_every=100)  # fmt: skip
+        return cls(train_videos=400, test_videos=48, steps=steps or 2000, eval_videos=32,
+                   sample_videos=8, checkpoint_every=500)  # fmt: skip
 
 
 def _stage(k: int, text: str) -> float:
@@ -98,6 +98,7 @@ def train_config(data: dict[str, str], out: Path, plan: DemoPlan, uri: str):
         f"steps={plan.steps}", f"data.shards={data['train']}", "data.num_frames=16",
         f"data.epochs={epochs}",
         "method.task=image_to_video", "method.uncond_prob=0.3", "method.max_frames=16",
+        "method.num_steps=16",
         f"checkpoint.every_steps={plan.checkpoint_every}", f"cluster.storage_path={out / 'runs'}",
         f"tracking.tracking_uri={uri}", "tracking.experiment=flowception-demo",
         f"tracking.sample_every={max(plan.steps // 2, 1)}", f"cluster.name=demo-{plan.steps}",
@@ -251,5 +252,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", default="outputs/demo", help="output folder (data, runs, mlflow, plots)"
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes: under 5 minutes")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 300, quick 30)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps (default 2000, quick 30)"
+    )
     p.set_defaults(func=_demo)
