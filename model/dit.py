@@ -17,7 +17,12 @@ from torch import Tensor
 from model.attention import FramePattern, packed_attention
 from model.config import ModelConfig
 from model.embeddings import LabelEmbedder, Rope3D, TimestepEmbedder
-from model.packing import check_cu_seqlens, ranks_from_cu_seqlens, token_positions
+from model.packing import (
+    check_cu_seqlens,
+    ranks_from_cu_seqlens,
+    token_cu_seqlens,
+    token_positions,
+)
 
 RATE_LOGIT_CLAMP = (-20.0, 10.0)  # spec E16, applied to the rate (not to the training logit)
 
@@ -213,7 +218,7 @@ class DiT(nn.Module):
         ntok = self.cfg.tokens_per_frame
         rope = self.rope.angles(token_positions(rank, (gh, gw)))  # 2 x (T, 1, hd/2)
         attn = dict(
-            cu_seqlens=(cu_seqlens * ntok).to(torch.int32),
+            cu_seqlens=token_cu_seqlens(cu_seqlens, ntok),
             max_seqlen=int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) * ntok,
             backend=self.cfg.attention_backend,
             pattern=self.pattern,

@@ -37,6 +37,11 @@ class Packed:
         return int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max()) if self.num_videos else 0
 
 
+def token_cu_seqlens(cu_seqlens: Tensor, tokens_per_frame: int) -> Tensor:
+    """``cu_seqlens`` over tokens (int32 ``[B + 1]``) from the one over frames."""
+    return (cu_seqlens * tokens_per_frame).to(torch.int32)
+
+
 def pack_index(visible: Tensor) -> Packed:
     """Build the packed index of the ``True`` slots of ``visible`` ``[B, F]``."""
     if visible.dim() != 2 or visible.dtype != torch.bool:

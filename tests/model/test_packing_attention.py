@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from model.attention import FramePattern, packed_attention, resolve_backend
-from model.packing import check_cu_seqlens, pack, pack_index, token_positions, unpack
+from model.packing import (
+    check_cu_seqlens,
+    pack,
+    pack_index,
+    token_cu_seqlens,
+    token_positions,
+    unpack,
+)
 
 
 def test_pack_unpack_round_trip_and_ranks():
@@ -23,6 +30,8 @@ def test_pack_unpack_round_trip_and_ranks():
     assert bool((back[~visible] == 0).all())
     assert idx.cu_seqlens.dtype == torch.int32
     assert idx.cu_seqlens.tolist() == [0, *visible.sum(1).cumsum(0).tolist()]
+    tok = token_cu_seqlens(idx.cu_seqlens, 5)
+    assert tok.dtype == torch.int32 and tok.tolist() == [5 * c for c in idx.cu_seqlens.tolist()]
     for b in range(4):
         s, e = idx.cu_seqlens[b], idx.cu_seqlens[b + 1]
         assert idx.rank[s:e].tolist() == list(range(int(e - s)))
