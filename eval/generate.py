@@ -42,9 +42,14 @@ def _rows(batch: dict[str, Any], column: str) -> list[Any]:
 
 
 class GenerationActor:
-    """Checkpoint -> generated videos. Rows in: ``key``, ``label`` and ``context``
-    (uint8 ``[c, H, W, C]``, ``c = 0`` for unconditional); rows out add ``video``
-    (uint8 ``[F, H, W, C]``), ``length`` and ``birth`` (``[F]`` sampler iteration)."""
+    """Checkpoint -> generated videos. Rows in: ``key``, ``label``, ``context``
+    (uint8 ``[c, H, W, C]``, ``c = 0`` for unconditional) and optionally ``length`` (the
+    real video's frame count); rows out add ``video`` (uint8 ``[F, H, W, C]``), ``length``
+    and ``birth`` (``[F]`` sampler iteration).
+
+    With a prescribed ``insertion_rule`` (spec E25) each row's ``length`` is its ``L*``;
+    with ``data_lengths`` the fixed-length baselines generate that length too.
+    """
 
     def __init__(
         self,
@@ -54,6 +59,7 @@ class GenerationActor:
         seed: int = 0,
         device: str = "auto",
         endpoint_url: str | None = None,
+        data_lengths: bool = False,
     ) -> None:
         from cluster.checkpoint import load_inference_model
 
@@ -64,6 +70,21 @@ class GenerationActor:
         self.method = dataclasses.replace(cfg.method, **method_overrides)
         self.channels = cfg.model.in_channels
         self.seed = seed
+        self.data_lengths = data_lengths
+
+    def _lengths(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``target_lengths`` / ``num_frames`` for ``generate`` from the ``length`` column."""
+        prescribed = self.method.method == "flowception" and self.method.insertion_rule != "learned"
+        fixed = self.method.method != "flowception" and self.data_lengths
+        if not (prescribed or fixed):
+            return {}
+        if "length" not in batch:
+            raise ValueError(
+                f"insertion_rule={self.method.insertion_rule!r} / data_lengths: rows need a "
+                "'length' column (the real video's frame count)"
+            )
+        lengths = [min(int(n), self.method.max_frames) for n in _rows(batch, "length")]
+        return {"target_lengths": lengths} if prescribed else {"num_frames": lengths}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from model.generate import generate
@@ -88,6 +109,7 @@ class GenerationActor:
             context=ctx,
             return_trace=True,
             device=self.device,
+            **self._lengths(batch),
         )
         videos = [to_uint8(v) for v in out.videos]  # list of (F, H, W, 3)
         births = [b.numpy().astype(np.int64) for b in out.trace.birth]

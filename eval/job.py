@@ -67,6 +67,9 @@ class EvalJobConfig(ConfigMixin):
     """Seed of generation."""
     num_sample_videos: int = 8
     """Generated videos logged as files."""
+    data_lengths: bool = False
+    """Fixed-length baselines generate each conditioning row's real length (else
+    ``method.num_frames``); prescribed insertion orders (E25) always use it as ``L*``."""
     output_dir: str = "outputs/eval"
     """Local folder for the summary, plots and sample videos."""
     run_id: str | None = None
@@ -169,7 +172,8 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     gen = cond.map_batches(
         GenerationActor,
         fn_constructor_kwargs=dict(checkpoint=cfg.checkpoint, method_overrides={
-            "task": task, **cfg.sampler}, seed=cfg.seed, endpoint_url=cfg.endpoint_url),
+            "task": task, **cfg.sampler}, seed=cfg.seed, endpoint_url=cfg.endpoint_url,
+            data_lengths=cfg.data_lengths),
         compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.batch_size,
         num_gpus=cfg.gpus_per_actor,
         batch_format="numpy",
@@ -206,13 +210,15 @@ def _context_frames(method) -> int:
 
 
 def _conditioning(row: dict[str, Any], n_ctx: int) -> dict[str, Any]:
-    """First frame(s) for i2v / continuation, first + last for interpolation."""
+    """First frame(s) for i2v / continuation, first + last for interpolation, and the
+    real video's ``length`` (``L*`` of prescribed insertion orders, spec E25)."""
     video = np.asarray(row["video"])
     if n_ctx == -1:
         ctx = video[[0, -1]]
     else:
         ctx = video[:n_ctx]
-    return {"key": row["key"], "label": int(row.get("label", -1)), "context": ctx}
+    return {"key": row["key"], "label": int(row.get("label", -1)), "context": ctx,
+            "length": int(video.shape[0])}  # fmt: skip
 
 
 def reduce_metrics(
