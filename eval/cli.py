@@ -14,7 +14,13 @@ import sys
 from collections.abc import Sequence
 
 # Modules that define ``register(subparsers)``; missing ones are simply not offered.
-COMMAND_MODULES = ("pipelines.cli", "cluster.cli", "eval.commands", "eval.job_commands")
+COMMAND_MODULES = (
+    "pipelines.cli",
+    "cluster.cli",
+    "eval.commands",
+    "eval.job_commands",
+    "eval.experiments.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
