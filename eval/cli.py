@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "cluster.cli",
     "eval.commands",
     "eval.job_commands",
+    "eval.demo",
     "eval.experiments.cli",
 )
 
