@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from model.config import ModelConfig
 
 
+def attended_frame_pairs(frames: int, window: int | None, causal: bool) -> int:
+    """Pairs (query frame, key frame) of one video that attention computes (spec section 7)."""
+    r = torch.arange(frames)
+    diff = r[:, None] - r[None, :]  # query rank - key rank
+    allowed = torch.ones_like(diff, dtype=torch.bool)
+    if window is not None:
+        allowed &= diff.abs() <= window
+    if causal:
+        allowed &= diff >= 0
+    return int(allowed.sum())
+
+
 def forward_flops(cu_seqlens: Tensor, cfg: ModelConfig) -> dict[str, float]:
     """Attention and linear FLOPs of one forward pass over a packed batch (spec section 11).
 
-    Per layer and video: attention ``4 n_tok^2 D``, linear layers ``24 n_tok D^2``, with
-    ``n_tok`` the video's tokens. With a frame window ``W`` each query sees at most
-    ``2W + 1`` frames.
+    Per layer and video: attention ``4 n_tok^2 D`` for full attention (``4 D N^2`` per
+    attended pair of frames under a frame window ``W`` or block-causal attention),
+    linear layers ``24 n_tok D^2``, with ``n_tok`` the video's tokens.
     """
-    frames = (cu_seqlens[1:] - cu_seqlens[:-1]).double()  # (B,)
-    n_tok = frames * cfg.tokens_per_frame
-    d = float(cfg.width)
-    if cfg.window is None:
-        keys = n_tok
-    else:
-        keys = frames.clamp(max=2 * cfg.window + 1) * cfg.tokens_per_frame
-    attention = float((4.0 * n_tok * keys * d).sum()) * cfg.depth
+    frames = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # (B,)
+    n, d = cfg.tokens_per_frame, float(cfg.width)
+    causal = cfg.attention == "causal"
+    pairs = {f: attended_frame_pairs(f, cfg.window, causal) for f in set(frames.tolist())}
+    attended = float(sum(pairs[f] for f in frames.tolist()))
+    n_tok = frames.double() * n
+    attention = 4.0 * attended * n * n * d * cfg.depth
     linear = float((24.0 * n_tok * d * d).sum()) * cfg.depth
     return {
         "attention": attention,

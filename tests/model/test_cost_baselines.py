@@ -59,7 +59,11 @@ def test_flops_counter():
     assert f["linear"] == pytest.approx(float((24 * n_tok * 32 * 32).sum()) * 2)
     assert training_flops(cu, cfg)["total"] == pytest.approx(3 * f["total"])
     windowed = forward_flops(cu, model_config("tiny", frame_size=(8, 8), window=0))
-    assert windowed["attention"] < f["attention"]
+    assert windowed["attention"] == pytest.approx(f["attention"] * (2 + 3) / (4 + 9))
+    causal = forward_flops(cu, model_config("tiny", frame_size=(8, 8), attention="causal"))
+    assert causal["attention"] == pytest.approx(f["attention"] * (3 + 6) / (4 + 9))
+    both = forward_flops(cu, model_config("tiny", frame_size=(8, 8), attention="causal", window=1))
+    assert both["attention"] == pytest.approx(f["attention"] * (3 + 5) / (4 + 9))
 
 
 def test_full_sequence_and_autoregressive_laws():

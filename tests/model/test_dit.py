@@ -139,3 +139,14 @@ def test_overfits_one_packed_batch():
     k = out.times.k[out.times.rate_mask].double()
     floor = float(torch.where(k > 0, k - k * k.log(), torch.zeros_like(k)).mean())
     assert losses[-1] - floor < (losses[0] - floor) / 10, (floor, losses[::30])
+
+
+def test_block_causal_attention_hides_later_frames():
+    x, t, cu = _inputs([4])
+    x2 = x.clone()
+    x2[3] += 1.0
+    causal = tiny(attention="causal").eval()
+    a, b = causal(x, t, cu).velocity, causal(x2, t, cu).velocity
+    assert torch.equal(a[:3], b[:3]) and not torch.equal(a[3], b[3])
+    full = tiny().eval()
+    assert not torch.equal(full(x, t, cu).velocity[0], full(x2, t, cu).velocity[0])
