@@ -79,13 +79,16 @@ def runtime_env(*, pip: bool = True, env: dict[str, str] | None = None) -> dict[
     return out
 
 
+def _relative(config: str) -> str:
+    """The config path relative to the checkout (the job's working directory) when inside it."""
+    path = Path(config).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else config
+
+
 def entrypoint(config: str, overrides: list[str]) -> str:
     """``python -m eval.cli train CONFIG OVERRIDES`` with the config relative to the checkout."""
-    path = Path(config).resolve()
-    if path.is_relative_to(ROOT):
-        config = str(path.relative_to(ROOT))
     return " ".join(
-        shlex.quote(p) for p in ["python", "-m", "eval.cli", "train", config, *overrides]
+        shlex.quote(p) for p in ["python", "-m", "eval.cli", "train", _relative(config), *overrides]
     )
 
 
@@ -124,15 +127,41 @@ def submit(
         ValueError / FileNotFoundError: the config is invalid (nothing is submitted).
     """
     cfg = load_config(config, overrides)  # fail before the cluster sees anything
+    return submit_command(
+        ["train", _relative(config), *overrides],
+        address=address,
+        pip=pip,
+        env=env,
+        submission_id=submission_id,
+        metadata={"config_hash": cfg.hash(), "run_name": cfg.run_name()},
+        agent_wait_s=agent_wait_s,
+    )
+
+
+def submit_command(
+    args: list[str],
+    *,
+    address: str | None,
+    pip: bool = True,
+    env: dict[str, str] | None = None,
+    submission_id: str | None = None,
+    metadata: dict[str, str] | None = None,
+    agent_wait_s: float = 120.0,
+) -> str:
+    """Submit ``python -m eval.cli ARGS`` (any ``flowception`` subcommand) as a Ray job.
+
+    The caller validates its own config first. A freshly started head answers "No
+    available agent" for a while; the submission is retried for up to ``agent_wait_s``.
+    """
     jobs = client(address)
     deadline = time.monotonic() + agent_wait_s
     while True:
         try:
             return jobs.submit_job(
-                entrypoint=entrypoint(config, overrides),
+                entrypoint=" ".join(shlex.quote(p) for p in ["python", "-m", "eval.cli", *args]),
                 runtime_env=runtime_env(pip=pip, env=env),
                 submission_id=submission_id,
-                metadata={"config_hash": cfg.hash(), "run_name": cfg.run_name()},
+                metadata=metadata or {},
             )
         except RuntimeError as exc:  # a head that just started has no job agent yet
             if "No available agent" not in str(exc) or time.monotonic() > deadline:

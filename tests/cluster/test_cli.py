@@ -141,3 +141,17 @@ def test_submit_follow_status_stop(ray_head, tmp_path):
             break
         time.sleep(2)
     assert state == "STOPPED"
+
+
+@pytest.mark.slow
+def test_sweep_and_eval_submit_as_ray_jobs(ray_head, tmp_path):
+    """`flowception sweep/eval --address` validate here, then run the eval CLI as a Ray job."""
+    run = tmp_path / "empty-run"
+    run.mkdir()
+    done = _cli("sweep", str(run), f"output_dir={tmp_path / 'out'}", "--address", ray_head, "--no-pip",
+                "--follow")  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.startswith("submitted ")
+    assert "every checkpoint already has a result" in done.stdout  # printed by the job
+    bad = _cli("eval", str(run), "num_vidoes=3", "--address", ray_head)
+    assert bad.returncode == 2 and "num_vidoes" in bad.stderr  # refused before submitting
