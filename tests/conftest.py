@@ -6,5 +6,6 @@ Every fixture module lives in ``tests/fixtures/`` and is registered here.
 pytest_plugins = [
     "tests.fixtures.ray_local",
     "tests.fixtures.s3",
+    "tests.fixtures.i3d",
     "tests.fixtures.mlflow_server",
 ]

