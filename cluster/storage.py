@@ -33,19 +33,21 @@ def resolve(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem,
         ``(fs, path)``: ``path`` is ``bucket/prefix`` for S3 and absolute for local.
     """
     if uri.startswith("s3://"):
+        import s3fs
+
+        # pyarrow over s3fs rather than pyarrow's native S3: s3fs puts small files in one
+        # request, while the native client's multipart uploads were refused at random by
+        # the S3 test server (INTERNAL_FAILURE on CompleteMultipartUpload) under Ray.
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs: dict = {"region": os.environ.get("AWS_REGION", "us-east-1")}
-        if endpoint:
-            kwargs["endpoint_override"] = endpoint
-            if endpoint.startswith("http://"):
-                kwargs["scheme"] = "http"
-        return pafs.S3FileSystem(**kwargs), uri[len("s3://") :].rstrip("/")
+        region = os.environ.get("AWS_REGION", "us-east-1")
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint, client_kwargs={"region_name": region})
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), uri[len("s3://") :].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
 def uri_of(fs: pafs.FileSystem, path: str) -> str:
     """Inverse of ``resolve`` (without the endpoint)."""
-    return f"s3://{path}" if fs.type_name == "s3" else path
+    return f"s3://{path}" if fs.type_name != "local" else path
 
 
 def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 3, delay: float = 0.5) -> T:
