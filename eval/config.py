@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from eval.assets import DEFAULT_I3D_PATH
 from model.config import ConfigMixin
@@ -26,14 +26,7 @@ MetricName = Literal[
     "subject_consistency",
     "length",
 ]
-ALL_METRICS: tuple[str, ...] = (
-    "fvd",
-    "temporal_flickering",
-    "motion_smoothness",
-    "dynamic_degree",
-    "subject_consistency",
-    "length",
-)
+ALL_METRICS: tuple[str, ...] = get_args(MetricName)
 
 
 @dataclass(frozen=True, kw_only=True)
