@@ -78,13 +78,10 @@ def generate(
     try:
         ctx = Context(frames=list(context)) if context is not None else None
         steps = num_steps or method.num_steps
+        uncond_labels = None if labels is None else torch.full_like(labels, -1)
+        uncond = velocity_field(net, uncond_labels, drop_context=True)  # E20's null branch
         if method.method == "flowception":
-            uncond_labels = None if labels is None else torch.full_like(labels, -1)
-            guidance = Guidance(
-                velocity_field(net, uncond_labels, drop_context=True),
-                method.cfg_scale,
-                method.insertion_guidance,
-            )
+            guidance = Guidance(uncond, method.cfg_scale, method.insertion_guidance)
             n_start = 0 if method.task == "interpolation" else method.n_start
             return sample(
                 velocity_field(net, labels),
@@ -119,12 +116,7 @@ def generate(
             num_steps=steps,
             lengths=lengths,
             context=ctx,
-            guidance=Guidance(
-                velocity_field(
-                    net, None if labels is None else torch.full_like(labels, -1), drop_context=True
-                ),
-                method.cfg_scale,
-            ),
+            guidance=Guidance(uncond, method.cfg_scale),
             generator=generator,
             time_shift=method.time_shift,
             device=dev,
