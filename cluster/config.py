@@ -18,67 +18,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
 
-from model.config import MethodConfig, ModelConfig, model_config
+from model.config import ConfigMixin, MethodConfig, ModelConfig, coerce_numbers, model_config
 from model.config import apply_overrides as _apply_overrides
 from pipelines.config import DataConfig
-
-
-class _Section:
-    """``to_dict`` / ``from_dict`` / ``Literal`` checks for the cluster-side sections."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (tuples become lists), suitable for YAML / JSON / MLflow."""
-        return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-            for f in dataclasses.fields(self)  # type: ignore[arg-type]
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None):  # noqa: ANN206
-        """Build from a dict; unknown keys are a ``ValueError`` naming them."""
-        data = dict(data or {})
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
-        data = _coerce(cls, data)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-    def _check(self) -> None:
-        for name, hint in get_type_hints(type(self)).items():
-            value = getattr(self, name)
-            if get_origin(hint) is Literal and value not in get_args(hint):
-                raise ValueError(
-                    f"{type(self).__name__}.{name}={value!r}: expected one of {list(get_args(hint))}"
-                )
-
-
-def _coerce(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """Numbers that YAML read as strings (``3e-4``) become floats; wrong types name the key."""
-    hints = get_type_hints(cls)
-    out = dict(data)
-    for key, value in data.items():
-        hint = hints.get(key)
-        if hint is None or value is None:
-            continue
-        accepts = set(get_args(hint)) | {hint}
-        if float in accepts and isinstance(value, (str, int)) and not isinstance(value, bool):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                raise ValueError(f"{cls.__name__}.{key}={value!r}: expected a number") from None
-        elif int in accepts and float not in accepts and isinstance(value, (str, float)):
-            if get_origin(hint) is Literal:
-                continue
-            if isinstance(value, float) and value.is_integer():
-                out[key] = int(value)
-            else:
-                raise ValueError(f"{cls.__name__}.{key}={value!r}: expected an integer")
-    return out
 
 
 def _require(ok: bool, section: object, name: str, why: str) -> None:
@@ -92,7 +38,7 @@ def _require(ok: bool, section: object, name: str, why: str) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OptimConfig(_Section):
+class OptimConfig(ConfigMixin):
     """AdamW, the learning-rate schedule, gradient clipping and EMA."""
 
     lr: float = 3e-4
@@ -117,7 +63,7 @@ class OptimConfig(_Section):
     """EMA decay of the weights used for sampling and export."""
 
     def __post_init__(self) -> None:
-        self._check()
+        self._check_literals()
         _require(self.lr > 0, self, "lr", "must be > 0")
         _require(len(self.betas) == 2, self, "betas", "expected two values")
         _require(all(0 <= b < 1 for b in self.betas), self, "betas", "must be in [0, 1)")
@@ -132,7 +78,7 @@ class OptimConfig(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DeepSpeedConfig(_Section):
+class DeepSpeedConfig(ConfigMixin):
     """What goes into the DeepSpeed JSON (built by ``cluster.deepspeed_config``)."""
 
     zero_stage: Literal[0, 1, 2, 3] = 2
@@ -149,7 +95,7 @@ class DeepSpeedConfig(_Section):
     """DeepSpeed's own log interval (we log through MLflow instead)."""
 
     def __post_init__(self) -> None:
-        self._check()
+        self._check_literals()
         _require(self.bucket_size > 0, self, "bucket_size", "must be > 0")
         _require(
             not self.offload_optimizer or self.zero_stage >= 1,
@@ -160,7 +106,7 @@ class DeepSpeedConfig(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CheckpointConfig(_Section):
+class CheckpointConfig(ConfigMixin):
     """When checkpoints are written and where a run resumes from."""
 
     every_steps: int = 1000
@@ -178,7 +124,7 @@ class CheckpointConfig(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrackingConfig(_Section):
+class TrackingConfig(ConfigMixin):
     """MLflow tracking, done by rank 0 only."""
 
     enabled: bool = True
@@ -203,7 +149,7 @@ class TrackingConfig(_Section):
     """Metric rows kept while the server is unreachable (oldest dropped beyond this)."""
 
     def __post_init__(self) -> None:
-        self._check()
+        self._check_literals()
         _require(self.log_every >= 1, self, "log_every", "must be >= 1")
         _require(self.sample_every >= 0, self, "sample_every", "must be >= 0")
         _require(self.num_samples >= 1, self, "num_samples", "must be >= 1")
@@ -211,7 +157,7 @@ class TrackingConfig(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClusterConfig(_Section):
+class ClusterConfig(ConfigMixin):
     """Ray Train scaling, storage and fault tolerance."""
 
     num_workers: int = 2
@@ -318,7 +264,7 @@ class TrainConfig:
                 if unknown:
                     raise ValueError(f"ModelConfig: unknown key(s) {unknown}")
                 value = {**base, **value}
-            kwargs[name] = section.from_dict(_coerce(section, value))
+            kwargs[name] = section.from_dict(coerce_numbers(section, value))
         return cls(**kwargs)
 
     def to_yaml(self) -> str:

@@ -37,7 +37,7 @@ class ConfigMixin:
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
-        """Build from a dict; unknown keys are an error naming them."""
+        """Build from a dict; unknown keys and mistyped numbers are an error naming them."""
         data = dict(data or {})
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - names)
@@ -45,7 +45,7 @@ class ConfigMixin:
             raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
         hints = get_type_hints(cls)
         kwargs = {}
-        for key, value in data.items():
+        for key, value in coerce_numbers(cls, data).items():
             hint = hints[key]
             if isinstance(hint, type) and issubclass(hint, ConfigMixin):
                 value = hint.from_dict(value)
@@ -61,6 +61,32 @@ class ConfigMixin:
                     f"{type(self).__name__}.{name}={getattr(self, name)!r}: "
                     f"expected one of {list(get_args(hint))}"
                 )
+
+
+def coerce_numbers(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Numbers YAML read as strings (``3e-4``) become floats, integral floats ints.
+
+    Works on any dataclass (``pipelines.config.DataConfig`` too); a value of the
+    wrong type is a ``ValueError`` naming ``Class.key``.
+    """
+    hints = get_type_hints(cls)
+    out = dict(data)
+    for key, value in data.items():
+        hint = hints.get(key)
+        if hint is None or value is None or isinstance(value, bool) or get_origin(hint) is Literal:
+            continue
+        accepts = set(get_args(hint)) | {hint}
+        if float in accepts and isinstance(value, (str, int)):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"{cls.__name__}.{key}={value!r}: expected a number") from None
+        elif int in accepts and float not in accepts and isinstance(value, (str, float)):
+            if isinstance(value, float) and value.is_integer():
+                out[key] = int(value)
+            else:
+                raise ValueError(f"{cls.__name__}.{key}={value!r}: expected an integer")
+    return out
 
 
 def _positive(obj: object, *names: str) -> None:

@@ -44,6 +44,8 @@ def test_overrides_apply_with_types():
         ],
     )
     assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
+    budget = load_config(ROOT / "configs/demo-cpu.yaml", ["data.frame_budget=2.56e2"])
+    assert budget.data.frame_budget == 256
     assert cfg.cluster.num_workers == 4
     assert (cfg.model.width, cfg.model.depth) == (64, 4)
     assert cfg.model.frame_size == (32, 32)  # the recipe's other model fields are kept
@@ -57,6 +59,8 @@ def test_overrides_apply_with_types():
         ("nope.x=1", "'nope'"),
         ("optim.lr=-1", "OptimConfig.lr=-1.0"),
         ("optim.lr=fast", "OptimConfig.lr='fast'"),
+        ("data.frame_budget=2.5", "DataConfig.frame_budget=2.5: expected an integer"),
+        ("checkpoint.every_steps=1.5", "CheckpointConfig.every_steps=1.5"),
         ("deepspeed.zero_stage=4", "DeepSpeedConfig.zero_stage=4"),
         ("method.method=diffusion", "MethodConfig.method='diffusion'"),
         ("cluster.num_workers=0", "ClusterConfig.num_workers=0"),

@@ -137,6 +137,16 @@ def test_config_validation_names_field_and_value():
     assert MethodConfig.from_dict(m.to_dict()) == m
 
 
+def test_from_dict_coerces_numbers_and_names_bad_ones():
+    cfg = ModelConfig.from_dict({"width": 64.0, "mlp_ratio": "2e0", "frame_size": [8, 8]})
+    assert (cfg.width, cfg.mlp_ratio, cfg.frame_size) == (64, 2.0, (8, 8))
+    assert type(cfg.width) is int and type(cfg.mlp_ratio) is float
+    with pytest.raises(ValueError, match=r"ModelConfig.width=2.5: expected an integer"):
+        ModelConfig.from_dict({"width": 2.5})
+    with pytest.raises(ValueError, match=r"MethodConfig.context_noise='x': expected a number"):
+        MethodConfig.from_dict({"context_noise": "x"})
+
+
 def test_dotted_overrides_parse_values():
     from model.config import apply_overrides
 
