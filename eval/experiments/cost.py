@@ -1,7 +1,7 @@
 """``cost``: sampling FLOPs and wall-clock of Flowception against full sequence (spec E24).
 
-One child run per length ``L``. The model is the tiny DiT at 32x32 (random weights:
-cost does not depend on them). Flowception's insertions are driven by the exact rate
+One child run per length ``L``. The model is ``train_config``'s DiT (with ``train``
+overrides; random weights: cost does not depend on them). Flowception's insertions are driven by the exact rate
 of spec oracle 6, ``(L - n) / n``, so videos grow to ``L`` as a trained model's would;
 the velocity is the DiT's. Full sequence samples ``L`` frames with ``2K`` steps (equal
 evaluations) and ``K`` steps (equal step size). FLOPs are ``model.flops.forward_flops``
@@ -25,6 +25,7 @@ import torch
 from eval.experiments.arms import bar_plot
 from eval.experiments.config import bench_model
 from eval.experiments.runner import ExperimentContext
+from model.config import ModelConfig
 
 TITLE = "Sampling cost: Flowception / full sequence (E24), FLOPs and wall-clock"
 NEEDS_RAY = False
@@ -64,19 +65,19 @@ def _timed(make, repeats: int) -> tuple[float, Counted]:
     return best, counted
 
 
-def measure(length: int, steps: int, videos: int, repeats: int, seed: int) -> dict[str, Any]:
+def measure(
+    cfg: ModelConfig, length: int, steps: int, videos: int, repeats: int, seed: int
+) -> dict[str, Any]:
     """FLOPs and best-of-``repeats`` seconds of the three samplers at one length."""
     from model.baselines import sample_full_sequence
-    from model.config import model_config
     from model.dit import DiT
     from model.generate import velocity_field
     from model.sampler import sample
 
     torch.manual_seed(seed)
-    cfg = model_config("tiny", frame_size=(32, 32), in_channels=1)
     net = DiT(cfg).eval()
     field = velocity_field(net, None)
-    shape = (1, 32, 32)
+    shape = (cfg.in_channels, *cfg.frame_size)
 
     def flow() -> Counted:
         fn = Counted(field, cfg, rate_length=length)
@@ -120,22 +121,28 @@ def measure(length: int, steps: int, videos: int, repeats: int, seed: int) -> di
 
 def run(ctx: ExperimentContext) -> list[dict[str, Any]]:
     """One child run per length."""
+    from cluster.config import load_config
+    from eval.experiments.config import ROOT
+
     cfg = ctx.cfg
     arms = cfg.pick_arms(tuple(str(n) for n in cfg.lengths))
+    model_cfg = load_config(ROOT / cfg.train_config, list(cfg.train)).model
     rows = []
     torch.set_num_threads(1)  # a shared 2-core machine: one thread times more steadily
     for arm in arms:
         print(f"  L={arm}: K={cfg.sample_steps}, {cfg.videos} videos", flush=True)
-        row = measure(int(arm), cfg.sample_steps, cfg.videos, cfg.repeats, cfg.seed)
+        row = measure(model_cfg, int(arm), cfg.sample_steps, cfg.videos, cfg.repeats, cfg.seed)
         run_id = ctx.child_run(f"L={arm}", {"L": arm, "K": cfg.sample_steps, "videos": cfg.videos})
         ctx.log_metrics(run_id, row)
         rows.append(row)
     ctx.notes.append("predicted (L >> n_s = 2): attention / tokens 2/3 / 3/4 at equal "
                      "evaluations (flow K vs full 2K steps), 4/3 / 3/2 at equal step size; bench_* "
                      "= benchmarks/bench_model.py sampler_cost (zero velocity, 16+ videos)")  # fmt: skip
-    ctx.notes.append("tiny DiT (2 blocks, width 32, 2 heads) at 32x32, patch 4, "
-                     f"fp32, {torch.get_num_threads()} threads; times are the best of "
-                     f"{cfg.repeats} runs on a shared machine")  # fmt: skip
+    m = model_cfg
+    ctx.notes.append(f"DiT of {cfg.train_config} ({m.depth} blocks, width {m.width}, {m.heads} "
+                     f"heads) at {m.frame_size[0]}x{m.frame_size[1]}, patch {m.patch_size}, fp32, "
+                     f"{torch.get_num_threads()} thread(s); times are the best of {cfg.repeats} "
+                     "run(s)")  # fmt: skip
     return rows
 
 

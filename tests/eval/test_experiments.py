@@ -176,7 +176,7 @@ def test_schedule_end_to_end(out_root, mlflow_server):
 @pytest.mark.slow
 def test_cost_end_to_end(out_root, mlflow_server):
     res = _run("cost", out_root, mlflow_server, Path("unused"),
-               ["lengths=[8,12]", "videos=2", "repeats=1"])  # fmt: skip
+               ["lengths=[8,12]", "videos=2", "repeats=1", "train=[model.depth=1]"])  # fmt: skip
     rows = _check(
         res,
         mlflow_server,
@@ -184,6 +184,7 @@ def test_cost_end_to_end(out_root, mlflow_server):
         ["att_eq_eval", "tok_eq_eval", "att_eq_step", "flow_s", "fsK_s", "flow_gflops"],
     )
     assert [r["L"] for r in rows] == ["8", "12"]
+    assert "(1 blocks, width" in (res.folder / "results.md").read_text()  # train_config's model
     for row in res.rows:  # equal step size costs exactly twice the equal-evaluation ratio
         assert row["att_eq_step"] == pytest.approx(2 * row["att_eq_eval"])
         assert 0.3 < row["att_eq_eval"] < 1.0
