@@ -183,9 +183,13 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     feat_kw = dict(compute=ray.data.ActorPoolStrategy(size=1), batch_size=cfg.eval.batch_size, num_gpus=cfg.gpus_per_actor,
                    batch_format="numpy")  # fmt: skip
     ev = cfg.eval.to_dict()
-    real = real_rows.map_batches(
-        FeatureActor, fn_constructor_kwargs=dict(eval_cfg=ev, role="real"), **feat_kw
-    )
+    ref_uri, reference = cached_reference(cfg.eval, data_cfg.to_dict(), want_real)
+    if reference is None:  # real clips through I3D (else only their lengths are read)
+        real = real_rows.map_batches(
+            FeatureActor, fn_constructor_kwargs=dict(eval_cfg=ev, role="real"), **feat_kw
+        )
+    else:
+        real = real_rows.map(_length_only)
     fake = gen.map_batches(
         FeatureActor, fn_constructor_kwargs=dict(eval_cfg=ev, role="fake"), **feat_kw
     )
@@ -193,7 +197,17 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     generated = gen.take(cfg.num_sample_videos)
 
     # [4] reduce on the driver
-    metrics, params = reduce_metrics(cfg.eval, real_out, fake_out)
+    if reference is None and ref_uri is not None:
+        reference = reference_stats(real_out)
+        if reference is not None:
+            from eval.fvd import save_reference
+
+            save_reference(ref_uri, reference[0], cfg.eval.protocol,
+                           detector_sha256=_detector_sha(cfg.eval), skipped=reference[1])  # fmt: skip
+            log.info("reference statistics cached at %s", ref_uri)
+    metrics, params = reduce_metrics(cfg.eval, real_out, fake_out, reference=reference)
+    if "fvd" in cfg.eval.metrics:
+        params["fvd.reference"] = ref_uri or "computed"
     lengths = [int(r["length"]) for r in fake_out]
     data_lengths = [int(r["length"]) for r in real_out]
     out_dir = Path(cfg.output_dir) / (f"step_{step:07d}" if step is not None else "checkpoint")
@@ -221,10 +235,54 @@ def _conditioning(row: dict[str, Any], n_ctx: int) -> dict[str, Any]:
             "length": int(video.shape[0])}  # fmt: skip
 
 
+def _length_only(row: dict[str, Any]) -> dict[str, Any]:
+    """A real video's length, for the length law when its I3D statistics are cached."""
+    return {"length": int(np.asarray(row["video"]).shape[0])}
+
+
+def cached_reference(
+    eval_cfg: EvalConfig, data: dict[str, Any], num_real: int
+) -> tuple[str | None, tuple[Any, int] | None]:
+    """``(uri, (Gaussian, skipped) or None)`` of the real videos' I3D statistics under
+    ``eval_cfg.reference_cache``; ``(None, None)`` when there is no cache or no FVD.
+
+    The file name carries the protocol hash and the detector's sha256
+    (:func:`eval.fvd.reference_uri`) plus a hash of the data config (shards, size,
+    frames) and ``num_real``, so any change that alters the real clips misses the cache.
+    """
+    if not eval_cfg.reference_cache or "fvd" not in eval_cfg.metrics:
+        return None, None
+    import hashlib
+
+    from eval.fvd import load_reference, reference_uri
+
+    text = json.dumps({"data": data, "num_real": num_real}, sort_keys=True, default=str)
+    split = "{}-n{}-{}".format(str(data.get("shards", "")).rstrip("/").rsplit("/", 1)[-1] or "data",
+                               num_real, hashlib.sha256(text.encode()).hexdigest()[:12])  # fmt: skip
+    sha = _detector_sha(eval_cfg)
+    uri = reference_uri(eval_cfg.reference_cache, split, eval_cfg.protocol, sha)
+    return uri, load_reference(uri, eval_cfg.protocol, detector_sha256=sha)
+
+
+def reference_stats(real_rows: list[dict]) -> tuple[Any, int] | None:
+    """``(Gaussian, skipped)`` of real I3D features; None with fewer than 2 clips."""
+    from eval.fvd import gaussian_from_features
+
+    feats = [r["features"] for r in real_rows if r["has_clip"]]
+    if len(feats) < 2:
+        return None
+    return gaussian_from_features(np.stack(feats)), sum(not r["has_clip"] for r in real_rows)
+
+
 def reduce_metrics(
-    eval_cfg: EvalConfig, real_rows: list[dict], fake_rows: list[dict]
+    eval_cfg: EvalConfig,
+    real_rows: list[dict],
+    fake_rows: list[dict],
+    *,
+    reference: tuple[Any, int] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """FVD from the two feature sets, means of per-video scores, the length law."""
+    """FVD from the two feature sets (or the cached ``reference`` statistics of the real
+    side), means of per-video scores, the length law."""
     from eval.fvd import fvd_from_stats, gaussian_from_features
     from eval.length import length_distribution
 
@@ -232,18 +290,17 @@ def reduce_metrics(
     params: dict[str, Any] = {}
     wanted = set(eval_cfg.metrics)
     if "fvd" in wanted:
-        rf = np.stack([r["features"] for r in real_rows if r["has_clip"]]) if real_rows else None
-        ff = np.stack([r["features"] for r in fake_rows if r["has_clip"]]) if fake_rows else None
-        if rf is None or ff is None or len(rf) < 2 or len(ff) < 2:
+        reference = reference or reference_stats(real_rows)
+        ff = [r["features"] for r in fake_rows if r["has_clip"]]
+        if reference is None or len(ff) < 2:
+            n_real = reference[0].count if reference else sum(r["has_clip"] for r in real_rows)
             raise ValueError(
                 f"FVD needs >= 2 clips of {eval_cfg.protocol.num_frames} frames on each side; "
-                f"got {0 if rf is None else len(rf)} real and {0 if ff is None else len(ff)} generated"
+                f"got {n_real} real and {len(ff)} generated"
             )
-        detector_sha = _detector_sha(eval_cfg)
         res = fvd_from_stats(
-            gaussian_from_features(rf), gaussian_from_features(ff), eval_cfg.protocol,
-            detector_sha256=detector_sha,
-            skipped_real=sum(not r["has_clip"] for r in real_rows),
+            reference[0], gaussian_from_features(np.stack(ff)), eval_cfg.protocol,
+            detector_sha256=_detector_sha(eval_cfg), skipped_real=reference[1],
             skipped_fake=sum(not r["has_clip"] for r in fake_rows),
         )  # fmt: skip
         metrics.update(res.metrics())

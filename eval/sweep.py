@@ -9,7 +9,9 @@ step tagged ``flowception.eval_status = done`` (without MLflow: when
 ``{output_dir}/step_XXXXXXX/summary.json`` exists). A sweep that crashed left a child
 run in ``running``; the next sweep marks it failed and evaluates that step again, so a
 second call after a complete sweep does nothing. Run it on a schedule (README: cron /
-Kubernetes CronJob submitting ``flowception sweep`` as a Ray job).
+Kubernetes CronJob submitting ``flowception sweep`` as a Ray job). The real clips' I3D
+statistics are computed once and cached under ``{output_dir}/reference`` unless
+``eval.reference_cache`` says where.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def pending(run_uri: str, cfg: EvalJobConfig) -> list[tuple[int, str]]:
 def run_sweep(run_uri: str, overrides: list[str], *, dry_run: bool = False) -> list[EvalResult]:
     """Evaluate the pending checkpoints of ``run_uri`` in step order."""
     base = load_job_config(run_uri, overrides)
+    if base.eval.reference_cache is None:  # every step compares with the same real clips
+        base = replace(
+            base, eval=replace(base.eval, reference_cache=f"{base.output_dir}/reference")
+        )
     todo = pending(run_uri, base)
     log.info("%s: %d checkpoint(s) to evaluate: %s", run_uri, len(todo), [s for s, _ in todo])
     if dry_run:

@@ -126,15 +126,24 @@ def read_bytes(url: str, storage: Storage | None = None) -> bytes:
 
 
 def write_bytes(url: str, data: bytes, storage: Storage | None = None) -> None:
-    """Write ``data`` as the object at ``url`` (parents created for local paths)."""
+    """Write ``data`` as the object at ``url``, all or nothing: an S3 put, or for local
+    paths (parents created) a temporary file renamed into place, so a reader never sees
+    half a file."""
     storage = storage or Storage()
     fs, path = filesystem(url, storage)
-    if not url.startswith("s3://"):
+    local = not url.startswith("s3://")
+    if local:
         fs.makedirs(os.path.dirname(path), exist_ok=True)
     else:
         _check_bucket(fs, path, url)
 
     def put() -> None:
+        if local:
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            return
         with fs.open(path, "wb") as f:
             f.write(data)
 

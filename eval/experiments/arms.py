@@ -114,7 +114,8 @@ def eval_arm(
         f"num_videos={cfg.eval_videos}", "batch_size=4", f"shards={a.data['test']}",
         f"output_dir={ctx.folder / 'eval' / slug}", f"tracking_uri={ctx.tracking_uri}",
         f"run_id={run_id}", f"sampler.num_steps={cfg.sample_steps}", f"seed={cfg.seed}",
-        "num_sample_videos=4", *overrides, *cfg.eval,
+        "num_sample_videos=4", f"eval.reference_cache={ctx.folder / 'reference'}",
+        *overrides, *cfg.eval,
     ]  # fmt: skip
     print(f"  eval {arm}: {cfg.eval_videos} videos, K={cfg.sample_steps}", flush=True)
     try:

@@ -3,6 +3,7 @@ plus config validation and run comparison."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,10 @@ def test_eval_job_logs_metrics_and_samples(
     client = MlflowClient(mlflow_server)
     exp = client.create_experiment("eval-job-test")
     parent = client.create_run(exp, run_name="train-run").info.run_id
+    refs = tmp_path / "refs"
     cfg = load_job_config(str(eval_export), [*_overrides(i3d_weights, tmp_path / "out"),
-                                             f"tracking_uri={mlflow_server}", f"run_id={parent}"])  # fmt: skip
+                                             f"tracking_uri={mlflow_server}", f"run_id={parent}",
+                                             f"eval.reference_cache={refs}"])  # fmt: skip
     res = run_eval(cfg)
 
     assert res.step == 40
@@ -79,6 +82,52 @@ def test_eval_job_logs_metrics_and_samples(
     assert len(client.list_artifacts(res.mlflow_run_id, "videos")) == 6
     history = client.get_metric_history(parent, "eval/fvd_test_10f")
     assert [m.step for m in history] == [40]
+
+    # the real clips' statistics were cached; a second evaluation reads them, not I3D,
+    # and gives the same FVD and length law
+    (cached,) = refs.glob("test-n6-*.npz")
+    assert res.params["fvd.reference"] == str(cached)
+    again = run_eval(dataclasses.replace(cfg, tracking_uri=None, run_id=None))
+    assert again.params["fvd.reference"] == str(cached)
+    assert again.metrics["fvd_test_10f"] == pytest.approx(res.metrics["fvd_test_10f"], rel=1e-6)
+    assert again.data_lengths == res.data_lengths
+
+
+def test_reference_cache_is_keyed_by_data_and_protocol(tmp_path):
+    """The cache misses on any change to the real clips, and cached statistics give the
+    same FVD as features computed in place."""
+    from eval.config import EvalConfig
+    from eval.fvd import save_reference
+    from eval.job import cached_reference, reduce_metrics
+
+    ev = EvalConfig.from_dict({"detector": "i3d.pt", "detector_sha256": "a" * 64,
+                               "reference_cache": str(tmp_path), "metrics": ["fvd", "length"],
+                               "protocol": {"num_frames": 10}})  # fmt: skip
+    data = {"shards": "s3://b/mm/test", "size": 32}
+    assert cached_reference(dataclasses.replace(ev, reference_cache=None), data, 8) == (None, None)
+    uri, ref = cached_reference(ev, data, 8)
+    assert ref is None and Path(uri).name.startswith("test-n8-") and ev.protocol.hash() in uri
+    others = {cached_reference(ev, {**data, "size": 64}, 8)[0], cached_reference(ev, data, 9)[0],
+              cached_reference(dataclasses.replace(ev, protocol=dataclasses.replace(
+                  ev.protocol, seed=1)), data, 8)[0]}  # fmt: skip
+    assert uri not in others and len(others) == 3
+
+    rng = np.random.default_rng(0)
+    row = lambda f, has=True: {"features": f, "has_clip": has, "length": 12}  # noqa: E731
+    real = [row(f) for f in rng.normal(size=(6, 400))] + [row(np.full(400, np.nan), False)]
+    fake = [row(f) for f in rng.normal(1.0, 1.0, size=(5, 400))]
+    direct, _ = reduce_metrics(ev, real, fake)
+    from eval.job import reference_stats
+
+    stats, skipped = reference_stats(real)
+    assert skipped == 1 and stats.count == 6
+    save_reference(uri, stats, ev.protocol, detector_sha256="a" * 64, skipped=skipped)
+    _, loaded = cached_reference(ev, data, 8)
+    lengths_only = [{"length": 12}] * 7
+    cached, _ = reduce_metrics(ev, lengths_only, fake, reference=loaded)
+    assert cached == pytest.approx(direct)
+    with pytest.raises(ValueError, match="got 1 real and 5 generated"):
+        reduce_metrics(ev, real[:1], fake)
 
 
 def test_eval_config_errors_name_the_key(tmp_path):

@@ -113,6 +113,16 @@ def test_retry_helper_retries_transient_errors_only():
     assert len(calls) == 2
 
 
+def test_local_write_is_whole_file_replace(tmp_path):
+    """Local writes go through a temporary file and a rename: an overwrite leaves the
+    new bytes only, parents are created, and no temporary file is left behind."""
+    url = str(tmp_path / "a" / "b" / "x.npz")
+    write_bytes(url, b"first version, longer")
+    write_bytes(url, b"second")
+    assert read_bytes(url) == b"second"
+    assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["x.npz"]
+
+
 def test_s3_write_list_read(s3_bucket, s3_endpoint, tmp_path):
     storage = Storage(endpoint_url=s3_endpoint)
     base = f"{s3_bucket}/mnist/train"
