@@ -82,21 +82,16 @@ def main() -> int:
     args = parser.parse_args()
     steps = args.steps or (15 if args.quick else 30)
 
-    import ray
-
+    from cluster.ray_session import ray_session
     from pipelines.sources import moving_mnist, write_clips
 
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     with tempfile.TemporaryDirectory() as tmp:
         shards = f"{tmp}/shards"
         write_clips(
             moving_mnist(64, size=32, min_frames=8, max_frames=8, seed=0), shards, max_samples=4
         )
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-        try:
+        with ray_session(2, address="local"):
             rows = [run_case(m, s, shards, f"{tmp}/runs", steps) for m, s in CASES]
-        finally:
-            ray.shutdown()
     out = {
         "benchmark": "train",
         "host": {

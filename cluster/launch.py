@@ -24,6 +24,7 @@ from typing import Any
 
 from cluster import checkpoint, storage
 from cluster.config import TrainConfig
+from cluster.ray_session import connect
 from cluster.tracking import create_run, git_commit, tracking_uri
 
 log = logging.getLogger("flowception.launch")
@@ -141,8 +142,7 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
     endpoint = cfg.cluster.storage_endpoint_url
     if cfg.checkpoint.resume_from:  # fail now, not in the workers
         checkpoint.resume_point("/nonexistent", cfg.checkpoint.resume_from, endpoint)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    connect()
     run = run_info(cfg)
     fs, root = storage.resolve(cfg.cluster.storage_path, endpoint)
     env = {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}

@@ -171,10 +171,9 @@ def loss_curves(uri: str, run_id: str, out: Path) -> Path | None:
 
 def run_demo(out: Path, *, quick: bool = False, steps: int | None = None) -> dict:
     """Run every stage; returns the summary that is printed and written to ``summary.json``."""
-    import ray
-
     from cluster.launch import launch
     from cluster.mlflow_server import mlflow_server
+    from cluster.ray_session import ray_session
     from eval.job import load_job_config, run_eval
 
     plan = DemoPlan.make(quick, steps)
@@ -186,8 +185,7 @@ def run_demo(out: Path, *, quick: bool = False, steps: int | None = None) -> dic
     i3d = i3d_weights(out / "assets")
     _stage(3, "services: local MLflow server (SQLite) and local Ray")
     summary: dict = {"out": str(out)}
-    with mlflow_server(out / "mlflow") as uri:
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    with mlflow_server(out / "mlflow") as uri, ray_session(2, address="local"):
         try:
             _stage(4, f"training: {plan.steps} steps, 2 Ray Train workers, DeepSpeed ZeRO-2")
             cfg = train_config(data, out, plan, uri)
@@ -214,7 +212,6 @@ def run_demo(out: Path, *, quick: bool = False, steps: int | None = None) -> dic
                 summary["loss_curves"] = str(loss_curves(uri, result.mlflow_run_id, out))
         finally:
             _stage(8, "stopping Ray and the MLflow server")
-            ray.shutdown()
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     _print_summary(summary, out)

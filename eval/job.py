@@ -142,6 +142,7 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     import ray
 
     from cluster.checkpoint import load_inference_model
+    from cluster.ray_session import connect
     from eval.i3d import load_detector
 
     # [0] fail before any work: weights, checkpoint and its config
@@ -153,8 +154,7 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     data_cfg = dataclasses.replace(train_cfg.data, shards=shards, shuffle=False, clip_start="first",
                                    epochs=1)  # fmt: skip
     step = checkpoint_step(cfg.checkpoint)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), configure_logging=False)
+    connect()
 
     # [1] eval split -> real videos and conditioning inputs
     from pipelines.dataset import build_dataset

@@ -96,13 +96,9 @@ def services(cfg: ExperimentConfig, *, needs_ray: bool) -> Iterator[str]:
                   f"  flowception mlflow-server --root {root} --port 5000  # then open "
                   "http://127.0.0.1:5000", flush=True)  # fmt: skip
         if needs_ray:
-            import ray
+            from cluster.ray_session import ray_session
 
-            if not ray.is_initialized():
-                ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if
-                         os.environ.get("RAY_ADDRESS") else 2, include_dashboard=False,
-                         configure_logging=False)  # fmt: skip
-                stack.callback(ray.shutdown)
+            stack.enter_context(ray_session(2))
         yield uri
 
 
