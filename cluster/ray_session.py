@@ -7,13 +7,49 @@ The local head keeps its dashboard: Ray Train's placement-group cleaner polls th
 API that the dashboard serves once a second, and without it every training run printed
 a "Failed to query Ray Train Controller actor state" warning for each poll. The
 dashboard also gives users of a local run the usual view of tasks and actors.
+
+A local head also checks ``kernel.pid_max``. Ray's workers create thousands of
+threads, which draw their ids from the same pool as processes; with the old default of
+32768 the ids wrap every minute or two. The raylet force-kills a worker that has not
+exited 5 s after its shutdown by pid, and once that pid has been handed to a thread of
+a new worker, it kills the new one: an 8-training experiment here lost its
+``TrainController`` that way ("Worker with PID=13652 did not exit after 5000ms, force
+killing with SIGKILL", then ``ActorDiedError``). Most 64-bit distributions set 4194304.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger("flowception.ray")
+
+PID_MAX_FILE = Path("/proc/sys/kernel/pid_max")
+MIN_PID_MAX = 4_194_304
+"""Below this, ``check_pid_max`` warns (the value 64-bit systemd distributions set)."""
+
+
+def check_pid_max(path: Path = PID_MAX_FILE) -> int | None:
+    """Warn when ``kernel.pid_max`` is low enough for Ray to kill a reused pid.
+
+    Returns:
+        The value read, or ``None`` where the file does not exist (not Linux).
+    """
+    try:
+        value = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if value < MIN_PID_MAX:
+        log.warning(
+            "kernel.pid_max is %d: process ids wrap quickly under Ray, and the raylet can "
+            "SIGKILL a live worker that reused an exited worker's pid (ActorDiedError); "
+            "raise it with `sudo sysctl -w kernel.pid_max=%d`",
+            value, MIN_PID_MAX,
+        )  # fmt: skip
+    return value
 
 
 def connect(num_cpus: int | None = None, *, address: str | None = None) -> bool:
@@ -41,6 +77,8 @@ def connect(num_cpus: int | None = None, *, address: str | None = None) -> bool:
         include_dashboard=True if local else None,
         configure_logging=False,
     )
+    if local:
+        check_pid_max()
     if local and ctx.dashboard_url:
         print(f"Ray: local head, dashboard http://{ctx.dashboard_url}", flush=True)
     return True

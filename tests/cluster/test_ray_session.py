@@ -20,3 +20,17 @@ def test_session_leaves_a_connected_ray_alone(ray_local):
         assert ray_local.is_initialized()
     assert ray_local.is_initialized()  # the block did not start it, so it did not stop it
     assert connect() is False
+
+
+def test_check_pid_max_warns_on_a_low_value(tmp_path, caplog):
+    from cluster.ray_session import MIN_PID_MAX, check_pid_max
+
+    low, high = tmp_path / "low", tmp_path / "high"
+    low.write_text("32768\n")
+    high.write_text(f"{MIN_PID_MAX}\n")
+    with caplog.at_level("WARNING", logger="flowception.ray"):
+        assert check_pid_max(high) == MIN_PID_MAX
+        assert not caplog.records
+        assert check_pid_max(low) == 32768
+    assert "kernel.pid_max is 32768" in caplog.text and "sysctl -w kernel.pid_max" in caplog.text
+    assert check_pid_max(tmp_path / "missing") is None
