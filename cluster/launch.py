@@ -25,7 +25,7 @@ from typing import Any
 from cluster import checkpoint, storage
 from cluster.config import TrainConfig
 from cluster.ray_session import connect
-from cluster.tracking import create_run, git_commit, tracking_uri
+from cluster.tracking import create_run, git_commit, run_exists, tracking_uri
 
 log = logging.getLogger("flowception.launch")
 
@@ -83,7 +83,9 @@ def run_info(cfg: TrainConfig) -> dict[str, Any]:
     except FileNotFoundError:
         previous = {}
     uri = tracking_uri(cfg.tracking)
-    run_id = previous.get("mlflow_run_id") if previous.get("mlflow_uri") == uri else None
+    run_id = previous.get("mlflow_run_id")
+    if run_id and previous.get("mlflow_uri") != uri:  # the same store may answer on a new port
+        run_id = run_id if uri and run_exists(uri, run_id) else None
     commit = git_commit(Path(__file__).resolve().parent)
     if uri and run_id is None:
         tags = {

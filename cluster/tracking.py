@@ -93,6 +93,22 @@ def create_run(cfg: TrainConfig, uri: str, *, tags: dict[str, str]) -> str | Non
     return run.info.run_id
 
 
+def run_exists(uri: str, run_id: str) -> bool:
+    """Whether the server at ``uri`` holds the active run ``run_id``.
+
+    A local server restarted on another port over the same store (every
+    ``flowception experiment`` or demo re-run) has a new URI but the same runs.
+    """
+    import mlflow
+
+    _quick_http()
+    try:
+        run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+    except Exception:  # noqa: BLE001 - unknown id or unreachable server: start a new run
+        return False
+    return run.info.lifecycle_stage == "active"
+
+
 class Tracker:
     """Rank-0 metric and artifact logging into an existing run, resilient to outages.
 

@@ -52,6 +52,7 @@ def train_arm(
     ctx: ExperimentContext, a: Assets, arm: str, overrides: list[str], *, role: str = "arm"
 ):
     """Train one arm; its MLflow run becomes a child of the parent. Returns ``TrainResult``."""
+    from cluster.checkpoint import resolve_checkpoint
     from cluster.config import load_config
     from cluster.launch import launch
 
@@ -67,6 +68,11 @@ def train_arm(
         f"tracking.experiment={cfg.experiment}", "tracking.sample_every=0",
         *overrides, *cfg.train,
     ])  # fmt: skip
+    run_dir = f"{train_cfg.cluster.storage_path}/{train_cfg.run_name()}"
+    earlier = resolve_checkpoint(run_dir, train_cfg.cluster.storage_endpoint_url)
+    if earlier:  # the same arm of an earlier invocation with this ``out``: launch continues it
+        ctx.notes.append(f"{arm}: continued the training run {run_dir} from {earlier}; "
+                         "train_s counts this invocation only")  # fmt: skip
     print(f"  train {arm}: {cfg.steps} steps", flush=True)
     result = launch(train_cfg)
     if not result.checkpoint:

@@ -86,6 +86,32 @@ def test_create_run_logs_params_and_tags(mlflow_server):
     assert len(run.data.params) == len(cfg.flat())
 
 
+def test_run_info_reuses_the_run_when_the_server_moved(mlflow_server, tmp_path):
+    """A re-run whose local server came back on another port keeps its MLflow run."""
+    from cluster.launch import run_info
+
+    def info(uri: str) -> dict:
+        return run_info(load_config(ROOT / "configs/demo-cpu.yaml", [
+            "tracking.experiment=test-tracking", "cluster.name=moved",
+            f"cluster.storage_path={tmp_path}", f"tracking.tracking_uri={uri}"]))  # fmt: skip
+
+    switch = Switch(mlflow_server)  # a second address for the same server and store
+    switch.on()
+    try:
+        first = info(switch.uri)
+    finally:
+        switch.off()
+    again = info(mlflow_server)
+    assert first["mlflow_uri"] == switch.uri and again["mlflow_uri"] == mlflow_server
+    assert again["mlflow_run_id"] == first["mlflow_run_id"]
+
+    saved = Path(again["run_uri"]) / "run.json"  # an id this server never saw: a new run
+    unknown = "0" * 32
+    saved.write_text(saved.read_text().replace(first["mlflow_run_id"], unknown)
+                     .replace(mlflow_server, "http://127.0.0.1:1"))  # fmt: skip
+    assert info(mlflow_server)["mlflow_run_id"] not in (None, unknown, first["mlflow_run_id"])
+
+
 def test_create_run_with_server_down_returns_none_quickly():
     t0 = time.monotonic()
     assert create_run(_cfg("down"), f"http://127.0.0.1:{free_port()}", tags={}) is None
