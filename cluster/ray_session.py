@@ -79,8 +79,8 @@ def connect(num_cpus: int | None = None, *, address: str | None = None) -> bool:
     )
     if local:
         check_pid_max()
-    if local and ctx.dashboard_url:
-        print(f"Ray: local head, dashboard http://{ctx.dashboard_url}", flush=True)
+        if ctx.dashboard_url:
+            print(f"Ray: local head, dashboard http://{ctx.dashboard_url}", flush=True)
     return True
 
 
