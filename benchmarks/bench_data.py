@@ -26,11 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.config import DataConfig  # noqa: E402
-from pipelines.dataset import decode_rows, read_shard_rows  # noqa: E402
-from pipelines.s3_local import local_s3, use_dummy_credentials  # noqa: E402
-from pipelines.shards import Storage, list_shards  # noqa: E402
-from pipelines.sources import moving_mnist, write_clips  # noqa: E402
+from flowception.pipelines.config import DataConfig  # noqa: E402
+from flowception.pipelines.dataset import decode_rows, read_shard_rows  # noqa: E402
+from flowception.pipelines.s3_local import local_s3, use_dummy_credentials  # noqa: E402
+from flowception.pipelines.shards import Storage, list_shards  # noqa: E402
+from flowception.pipelines.sources import moving_mnist, write_clips  # noqa: E402
 
 # --------------------------------------------------------------------------- #
 #                                   Readers                                   #
@@ -39,7 +39,7 @@ from pipelines.sources import moving_mnist, write_clips  # noqa: E402
 
 def run_ray(cfg: DataConfig) -> int:
     """Decoded clips delivered by the Ray Data reader (one pass)."""
-    from pipelines.dataset import build_dataset
+    from flowception.pipelines.dataset import build_dataset
 
     clips = 0
     for batch in build_dataset(cfg).iter_batches(batch_size=32, batch_format="numpy"):
@@ -65,9 +65,9 @@ def _wds_decode(sample: dict, cfg: DataConfig) -> dict:
     """The same per-sample work as the Ray reader: json check, clip plan, decode, resize."""
     import numpy as np
 
-    from pipelines import schema
-    from pipelines.decode import DecodeError, centre_crop_resize, decode_mp4
-    from pipelines.samples import plan_clip, sample_rng
+    from flowception.pipelines import schema
+    from flowception.pipelines.decode import DecodeError, centre_crop_resize, decode_mp4
+    from flowception.pipelines.samples import plan_clip, sample_rng
 
     try:
         meta = schema.parse_meta(sample["json"])

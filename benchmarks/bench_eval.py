@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.assets import DEFAULT_I3D_PATH, convert_i3d, uri_exists
-from eval.i3d import I3DFeatureExtractor
-from eval.metrics import dynamic_degree, motion_smoothness
+from flowception.eval.assets import DEFAULT_I3D_PATH, convert_i3d, uri_exists
+from flowception.eval.i3d import I3DFeatureExtractor
+from flowception.eval.metrics import dynamic_degree, motion_smoothness
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from model.config import MethodConfig, model_config
-from model.dit import DiT
-from model.flops import forward_flops, insertion_phase_ratios
-from model.packing import pack, pack_index, ranks_from_cu_seqlens
-from model.sampler import sample
-from model.schedule import sample_training_times
+from flowception.model.config import MethodConfig, model_config
+from flowception.model.dit import DiT
+from flowception.model.flops import forward_flops, insertion_phase_ratios
+from flowception.model.packing import pack, pack_index, ranks_from_cu_seqlens
+from flowception.model.sampler import sample
+from flowception.model.schedule import sample_training_times
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -34,8 +34,8 @@ CASES = [
 
 def run_case(method: str, stage: int, shards: str, storage: str, steps: int) -> dict:
     """One training run; returns its throughput figures."""
-    from cluster.config import load_config
-    from cluster.launch import launch
+    from flowception.cluster.config import load_config
+    from flowception.cluster.launch import launch
 
     window = steps // 3
     cfg = load_config(
@@ -82,8 +82,8 @@ def main() -> int:
     args = parser.parse_args()
     steps = args.steps or (15 if args.quick else 30)
 
-    from cluster.ray_session import ray_session
-    from pipelines.sources import moving_mnist, write_clips
+    from flowception.cluster.ray_session import ray_session
+    from flowception.pipelines.sources import moving_mnist, write_clips
 
     with tempfile.TemporaryDirectory() as tmp:
         shards = f"{tmp}/shards"

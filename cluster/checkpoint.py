@@ -35,9 +35,9 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from cluster import storage
-from cluster.config import TrainConfig
-from model.config import ModelConfig
+from flowception.cluster import storage
+from flowception.cluster.config import TrainConfig
+from flowception.model.config import ModelConfig
 
 FORMAT = "flowception-checkpoint/1"
 MANIFEST = "manifest.json"
@@ -182,7 +182,7 @@ def fetch(uri: str, endpoint_url: str | None = None, dest: Path | None = None) -
 
 def merged_cursor(uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
     """The union of every rank's data cursor in a checkpoint (what the job consumed)."""
-    from pipelines.batching import DataCursor
+    from flowception.pipelines.batching import DataCursor
 
     fs, path = storage.resolve(uri, endpoint_url)
     manifest = read_manifest(fs, path)
@@ -308,7 +308,7 @@ def load_inference_model(
     """
     from safetensors.torch import load_file
 
-    from model.dit import DiT
+    from flowception.model.dit import DiT
 
     src = str(path_or_uri)
     fs, path = storage.resolve(src, endpoint_url)

@@ -80,13 +80,13 @@ def _address(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cluster.config import load_config
+    from flowception.cluster.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # validated before Ray is touched
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    from cluster.launch import launch
+    from flowception.cluster.launch import launch
 
     result = launch(cfg)
     summary = {
@@ -103,7 +103,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from cluster import submit
+    from flowception.cluster import submit
 
     job_id = submit.submit(
         args.config,
@@ -121,14 +121,14 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from cluster import submit
+    from flowception.cluster import submit
 
     print(submit.status(args.job_id, address=args.address))
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from cluster import submit
+    from flowception.cluster import submit
 
     stopped = submit.stop(args.job_id, address=args.address)
     print(f"job {args.job_id}: {'stop requested' if stopped else 'not running'}")
@@ -136,7 +136,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from cluster import submit
+    from flowception.cluster import submit
 
     if args.follow:
         submit.follow(args.job_id, address=args.address)
@@ -146,7 +146,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cluster.checkpoint import export_weights
+    from flowception.cluster.checkpoint import export_weights
 
     out = export_weights(args.checkpoint, Path(args.out))
     print(out)
@@ -156,7 +156,7 @@ def _export(args: argparse.Namespace) -> int:
 def _mlflow_server(args: argparse.Namespace) -> int:
     import signal
 
-    from cluster.mlflow_server import mlflow_server
+    from flowception.cluster.mlflow_server import mlflow_server
 
     # `kill PID` (SIGTERM) must stop the server too, not only Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

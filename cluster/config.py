@@ -22,9 +22,15 @@ from typing import Any, Literal
 
 import yaml
 
-from model.config import ConfigMixin, MethodConfig, ModelConfig, coerce_numbers, model_config
-from model.config import apply_overrides as _apply_overrides
-from pipelines.config import DataConfig
+from flowception.model.config import (
+    ConfigMixin,
+    MethodConfig,
+    ModelConfig,
+    coerce_numbers,
+    model_config,
+)
+from flowception.model.config import apply_overrides as _apply_overrides
+from flowception.pipelines.config import DataConfig
 
 
 def _require(ok: bool, section: object, name: str, why: str) -> None:

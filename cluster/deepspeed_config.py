@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.config import TrainConfig
+from flowception.cluster.config import TrainConfig
 
 
 def resolve_precision(cfg: TrainConfig, use_gpu: bool) -> str:

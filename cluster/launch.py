@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster import checkpoint, storage
-from cluster.config import TrainConfig
-from cluster.ray_session import connect
-from cluster.tracking import create_run, git_commit, run_exists, tracking_uri
+from flowception.cluster import checkpoint, storage
+from flowception.cluster.config import TrainConfig
+from flowception.cluster.ray_session import connect
+from flowception.cluster.tracking import create_run, git_commit, run_exists, tracking_uri
 
 log = logging.getLogger("flowception.launch")
 
@@ -63,8 +63,8 @@ class DatasetFactory:
         self.cfg, self.run_uri = cfg, run_uri
 
     def __call__(self) -> Any:
-        from pipelines.batching import DataCursor
-        from pipelines.dataset import build_dataset
+        from flowception.pipelines.batching import DataCursor
+        from flowception.pipelines.dataset import build_dataset
 
         endpoint = self.cfg.cluster.storage_endpoint_url
         ckpt = checkpoint.resume_point(self.run_uri, self.cfg.checkpoint.resume_from, endpoint)
@@ -137,8 +137,8 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from cluster.train_loop import train_loop_per_worker
-    from pipelines.ingest import exactly_once_config
+    from flowception.cluster.train_loop import train_loop_per_worker
+    from flowception.pipelines.ingest import exactly_once_config
 
     cfg = absolute_paths(cfg)
     endpoint = cfg.cluster.storage_endpoint_url

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from cluster.config import OptimConfig
+from flowception.cluster.config import OptimConfig
 
 
 def lr_factor(step: int, optim: OptimConfig, total_steps: int) -> float:

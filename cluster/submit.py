@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.config import load_config
+from flowception.cluster.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXCLUDES = [".venv", ".git", "runs", "mlflow", "mlruns", "data", "benchmarks/results", "*.egg-info",
@@ -86,9 +86,10 @@ def _relative(config: str) -> str:
 
 
 def entrypoint(config: str, overrides: list[str]) -> str:
-    """``python -m eval.cli train CONFIG OVERRIDES`` with the config relative to the checkout."""
+    """``python -m flowception.eval.cli train CONFIG OVERRIDES`` with the config relative to the checkout."""
     return " ".join(
-        shlex.quote(p) for p in ["python", "-m", "eval.cli", "train", _relative(config), *overrides]
+        shlex.quote(p)
+        for p in ["python", "-m", "flowception.eval.cli", "train", _relative(config), *overrides]
     )
 
 
@@ -148,7 +149,7 @@ def submit_command(
     metadata: dict[str, str] | None = None,
     agent_wait_s: float = 120.0,
 ) -> str:
-    """Submit ``python -m eval.cli ARGS`` (any ``flowception`` subcommand) as a Ray job.
+    """Submit ``python -m flowception.eval.cli ARGS`` (any ``flowception`` subcommand) as a Ray job.
 
     The caller validates its own config first. A freshly started head answers "No
     available agent" for a while; the submission is retried for up to ``agent_wait_s``.
@@ -158,7 +159,9 @@ def submit_command(
     while True:
         try:
             return jobs.submit_job(
-                entrypoint=" ".join(shlex.quote(p) for p in ["python", "-m", "eval.cli", *args]),
+                entrypoint=" ".join(
+                    shlex.quote(p) for p in ["python", "-m", "flowception.eval.cli", *args]
+                ),
                 runtime_env=runtime_env(pip=pip, env=env),
                 submission_id=submission_id,
                 metadata=metadata or {},

@@ -22,7 +22,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from cluster.config import TrackingConfig, TrainConfig
+from flowception.cluster.config import TrackingConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cluster import checkpoint, storage
-from cluster.config import TrainConfig
-from cluster.deepspeed_config import deepspeed_config
-from cluster.faults import maybe_die
-from cluster.lr import lr_scheduler
-from model.flops import training_flops
+from flowception.cluster import checkpoint, storage
+from flowception.cluster.config import TrainConfig
+from flowception.cluster.deepspeed_config import deepspeed_config
+from flowception.cluster.faults import maybe_die
+from flowception.cluster.lr import lr_scheduler
+from flowception.model.flops import training_flops
 
 log = logging.getLogger("flowception.train")
 
@@ -125,11 +125,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from model.dit import DiT
-    from model.ema import EMA
-    from model.generate import generate
-    from model.training import training_step
-    from pipelines.batching import DataCursor, VideoBatchStream
+    from flowception.model.dit import DiT
+    from flowception.model.ema import EMA
+    from flowception.model.generate import generate
+    from flowception.model.training import training_step
+    from flowception.pipelines.batching import DataCursor, VideoBatchStream
 
     cfg = TrainConfig.from_dict(config["train"])
     run = config["run"]
@@ -169,7 +169,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             log.info("resumed from %s at step %d", ckpt, step)
     tracker = None
     if rank == 0 and run.get("mlflow_run_id"):
-        from cluster.tracking import Tracker
+        from flowception.cluster.tracking import Tracker
 
         tracker = Tracker(
             run["mlflow_uri"], run["mlflow_run_id"], max_buffered=cfg.tracking.max_buffered
@@ -331,7 +331,7 @@ def _log_samples(
     cfg: TrainConfig, ema: Any, tracker: Any, step: int, dit: Any, generate: Any
 ) -> None:
     """Rank 0: draw a few videos from the EMA weights and log them as artifacts."""
-    from cluster.videos import write_video
+    from flowception.cluster.videos import write_video
 
     net = dit(cfg.model)
     ema.copy_to(net)

@@ -45,8 +45,8 @@ def read_bytes(uri: str | Path) -> bytes:
     Goes through the project's one storage boundary (``pipelines.shards``: s3fs,
     endpoint from the environment, retries on transient errors).
     """
-    from pipelines.shards import exists
-    from pipelines.shards import read_bytes as read
+    from flowception.pipelines.shards import exists
+    from flowception.pipelines.shards import read_bytes as read
 
     uri = str(uri)
     if not exists(uri):
@@ -56,14 +56,14 @@ def read_bytes(uri: str | Path) -> bytes:
 
 def write_bytes(uri: str | Path, data: bytes) -> None:
     """Write a local path (parents created) or an ``s3://`` object."""
-    from pipelines.shards import write_bytes as write
+    from flowception.pipelines.shards import write_bytes as write
 
     write(str(uri), data)
 
 
 def uri_exists(uri: str | Path) -> bool:
     """Whether a local path or ``s3://`` object exists."""
-    from pipelines.shards import exists
+    from flowception.pipelines.shards import exists
 
     return exists(str(uri))
 
@@ -202,7 +202,7 @@ def convert_i3d(
     """
     from safetensors.numpy import save
 
-    from eval.i3d import expected_i3d_shapes
+    from flowception.eval.i3d import expected_i3d_shapes
 
     src = Path(source) if source is not None else find_i3d_source()
     raw = read_bytes(src)

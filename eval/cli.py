@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 # Modules that define ``register(subparsers)``; missing ones are simply not offered.
 COMMAND_MODULES = (
-    "pipelines.cli",
-    "cluster.cli",
-    "eval.commands",
-    "eval.job_commands",
-    "eval.demo",
-    "eval.experiments.cli",
+    "flowception.pipelines.cli",
+    "flowception.cluster.cli",
+    "flowception.eval.commands",
+    "flowception.eval.job_commands",
+    "flowception.eval.demo",
+    "flowception.eval.experiments.cli",
 )
 
 

@@ -1,4 +1,4 @@
-"""``flowception`` subcommands of the evaluation package (collected by ``eval.cli``).
+"""``flowception`` subcommands of the evaluation package (collected by ``flowception.eval.cli``).
 
 Runbook::
 
@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from eval.assets import DEFAULT_I3D_PATH
+from flowception.eval.assets import DEFAULT_I3D_PATH
 
 
 def _assets_i3d(args: argparse.Namespace) -> int:
-    from eval.assets import convert_i3d
+    from flowception.eval.assets import convert_i3d
 
     record = convert_i3d(args.source, args.out)
     print(json.dumps(record.to_dict(), indent=2))

@@ -73,7 +73,7 @@ def compare_runs(
     """Markdown table (printed and written) and ``metrics.png`` of the runs."""
     from mlflow.tracking import MlflowClient
 
-    from eval.visualize import pyplot
+    from flowception.eval.visualize import pyplot
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from eval.assets import DEFAULT_I3D_PATH
-from model.config import ConfigMixin
+from flowception.eval.assets import DEFAULT_I3D_PATH
+from flowception.model.config import ConfigMixin
 
 Offset = Literal["random", "start"]
 MetricName = Literal[
@@ -116,14 +116,14 @@ class EvalConfig(ConfigMixin):
             raise ValueError(
                 f"EvalConfig.detector_sha256={self.detector_sha256!r}: expected 64 hex digits"
             )
-        from eval.i3d import ENDPOINTS
+        from flowception.eval.i3d import ENDPOINTS
 
         if self.subject_endpoint not in ENDPOINTS[:-1]:
             raise ValueError(
                 f"EvalConfig.subject_endpoint={self.subject_endpoint!r}: "
                 f"expected one of {list(ENDPOINTS[:-1])}"
             )
-        from eval.metrics import WEIGHTED_DIMENSIONS
+        from flowception.eval.metrics import WEIGHTED_DIMENSIONS
 
         unknown = sorted(set(self.vbench_weights) - set(WEIGHTED_DIMENSIONS))
         if unknown:

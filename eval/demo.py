@@ -57,8 +57,8 @@ def _stage(k: int, text: str) -> float:
 
 def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
     """[1] shards with the project's own writer (the same as ``flowception data make-shards``)."""
-    from eval.cli import main as cli
-    from pipelines.sources import package_file
+    from flowception.eval.cli import main as cli
+    from flowception.pipelines.sources import package_file
 
     out = {}
     for split, n in (("train", plan.train_videos), ("test", plan.test_videos)):
@@ -81,7 +81,7 @@ def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
 
 def i3d_weights(root: Path) -> Path:
     """[2] the converted detector, reused when its sidecar is present."""
-    from eval.assets import convert_i3d
+    from flowception.eval.assets import convert_i3d
 
     path = root / "i3d_kinetics400.safetensors"
     if not Path(str(path) + ".json").exists():
@@ -90,7 +90,7 @@ def i3d_weights(root: Path) -> Path:
 
 
 def train_config(data: dict[str, str], out: Path, plan: DemoPlan, uri: str):
-    from cluster.config import load_config
+    from flowception.cluster.config import load_config
 
     # enough passes for the steps: 2 workers x frame budget 32 frames a step, ~13 frames a video
     epochs = 1 + (plan.steps * 64) // (plan.train_videos * 10)
@@ -114,13 +114,13 @@ def samples(
     import numpy as np
     import torch
 
-    from cluster.checkpoint import load_inference_model
-    from cluster.videos import write_video
-    from eval.visualize import birth_grid
-    from model.generate import generate
-    from pipelines.config import DataConfig
-    from pipelines.dataset import decode_rows, read_shard_rows
-    from pipelines.shards import list_shards
+    from flowception.cluster.checkpoint import load_inference_model
+    from flowception.cluster.videos import write_video
+    from flowception.eval.visualize import birth_grid
+    from flowception.model.generate import generate
+    from flowception.pipelines.config import DataConfig
+    from flowception.pipelines.dataset import decode_rows, read_shard_rows
+    from flowception.pipelines.shards import list_shards
 
     net, cfg = load_inference_model(export)
     dcfg = DataConfig(shards=data["test"], size=32, channels=1, clip_start="first", shuffle=False)
@@ -157,7 +157,7 @@ def loss_curves(uri: str, run_id: str, out: Path) -> Path | None:
     """[7] loss curves of the training run as a PNG artifact."""
     from mlflow.tracking import MlflowClient
 
-    from eval.visualize import curves
+    from flowception.eval.visualize import curves
 
     client = MlflowClient(uri)
     keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("loss")]
@@ -171,10 +171,10 @@ def loss_curves(uri: str, run_id: str, out: Path) -> Path | None:
 
 def run_demo(out: Path, *, quick: bool = False, steps: int | None = None) -> dict:
     """Run every stage; returns the summary that is printed and written to ``summary.json``."""
-    from cluster.launch import launch
-    from cluster.mlflow_server import mlflow_server
-    from cluster.ray_session import ray_session
-    from eval.job import load_job_config, run_eval
+    from flowception.cluster.launch import launch
+    from flowception.cluster.mlflow_server import mlflow_server
+    from flowception.cluster.ray_session import ray_session
+    from flowception.eval.job import load_job_config, run_eval
 
     plan = DemoPlan.make(quick, steps)
     out = out.resolve()

@@ -11,8 +11,8 @@ and the offsets; results carry the protocol, its hash and a ``non_standard`` fla
 
 Typical use (the eval job does the same with Ray Data)::
 
-    from eval.fvd import FeatureStats, fvd_from_stats, select_clips
-    from eval.i3d import I3DFeatureExtractor
+    from flowception.eval.fvd import FeatureStats, fvd_from_stats, select_clips
+    from flowception.eval.i3d import I3DFeatureExtractor
     ex = I3DFeatureExtractor("assets/i3d_kinetics400.safetensors")
     real = FeatureStats(); sel = select_clips(videos, protocol, role="real", rng=rng)
     real.update(ex.features(sel.clips))
@@ -28,8 +28,8 @@ from typing import Any, Literal
 import numpy as np
 import scipy.linalg
 
-from eval.assets import read_bytes, uri_exists, write_bytes
-from eval.config import FVDProtocol
+from flowception.eval.assets import read_bytes, uri_exists, write_bytes
+from flowception.eval.config import FVDProtocol
 
 Role = Literal["real", "fake"]
 

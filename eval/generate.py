@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.videos import to_uint8
-from eval.config import EvalConfig
+from flowception.cluster.videos import to_uint8
+from flowception.eval.config import EvalConfig
 
 
 def _device(name: str) -> str:
@@ -61,7 +61,7 @@ class GenerationActor:
         endpoint_url: str | None = None,
         data_lengths: bool = False,
     ) -> None:
-        from cluster.checkpoint import load_inference_model
+        from flowception.cluster.checkpoint import load_inference_model
 
         self.device = _device(device)
         self.net, cfg = load_inference_model(
@@ -87,7 +87,7 @@ class GenerationActor:
         return {"target_lengths": lengths} if prescribed else {"num_frames": lengths}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from model.generate import generate
+        from flowception.model.generate import generate
 
         keys = [str(k) for k in _rows(batch, "key")]
         contexts = [np.asarray(c) for c in _rows(batch, "context")]
@@ -138,7 +138,7 @@ class FeatureActor:
     """
 
     def __init__(self, eval_cfg: EvalConfig | dict, *, role: str, size: int | None = None) -> None:
-        from eval.i3d import I3DFeatureExtractor
+        from flowception.eval.i3d import I3DFeatureExtractor
 
         self.cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_dict(eval_cfg)
         self.role = role
@@ -164,7 +164,7 @@ class FeatureActor:
         return video[start : start + p.num_frames]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from eval import metrics as vm
+        from flowception.eval import metrics as vm
 
         keys = [str(k) for k in _rows(batch, "key")]
         videos = [np.asarray(v) for v in _rows(batch, "video")]
@@ -195,7 +195,7 @@ class FeatureActor:
 
 def _video_metrics(videos: list[np.ndarray], wanted: set[str]) -> dict[str, np.ndarray]:
     """Per-video flicker, smoothness and dynamic degree (NaN where a video is too short)."""
-    from eval import metrics as vm
+    from flowception.eval import metrics as vm
 
     cols = {
         "temporal_flickering": np.full(len(videos), np.nan),

@@ -16,7 +16,7 @@ one-to-one:
 :class:`I3DFeatureExtractor` wraps the network with the uint8 preprocessing; it is the
 callable a Ray Data ``map_batches`` actor holds (weights loaded once per actor)::
 
-    from eval.i3d import I3DFeatureExtractor
+    from flowception.eval.i3d import I3DFeatureExtractor
     ds = ds.map_batches(I3DFeatureExtractor, fn_constructor_kwargs={"weights": uri},
                         batch_size=8, concurrency=2)   # {"video": uint8 [B,T,H,W,C]} -> +features
 """
@@ -241,7 +241,7 @@ def load_detector(
     """
     from safetensors.torch import load as load_safetensors
 
-    from eval.assets import read_bytes, recorded_sha256, sha256_bytes
+    from flowception.eval.assets import read_bytes, recorded_sha256, sha256_bytes
 
     blob = read_bytes(weights)
     expected = sha256 or recorded_sha256(weights)

@@ -7,7 +7,7 @@ log to MLflow. Runs on the connected Ray cluster (``ray.init()`` when none is).
         eval.protocol.num_real=2048 eval.protocol.num_fake=2048 gpus_per_actor=1
 
 Stages (one Ray Data pipeline each, actors hold one model / one I3D):
-[1] eval split rows (pipelines.dataset) -> conditioning inputs (first frame / keyframes)
+[1] eval split rows (flowception.pipelines.dataset) -> conditioning inputs (first frame / keyframes)
 [2] GenerationActor pool -> generated videos (variable length)
 [3] FeatureActor pool over real and generated videos -> I3D features + per-video metrics
 [4] driver: FVD (cached reference statistics), VBench-style scores, length law
@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from eval.config import EvalConfig
-from model.config import ConfigMixin, apply_overrides
+from flowception.eval.config import EvalConfig
+from flowception.model.config import ConfigMixin, apply_overrides
 
 log = logging.getLogger("flowception.eval")
 
@@ -126,7 +126,7 @@ def checkpoint_step(uri: str) -> int | None:
 
 def run_info(checkpoint: str, endpoint_url: str | None) -> dict[str, Any]:
     """``run.json`` of the run directory holding ``checkpoint`` (or ``{}``)."""
-    from cluster import storage
+    from flowception.cluster import storage
 
     for parent in (checkpoint.rstrip("/"), checkpoint.rstrip("/").rsplit("/", 1)[0]):
         try:
@@ -141,9 +141,9 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     """Evaluate one checkpoint (see the module docstring for the stages)."""
     import ray
 
-    from cluster.checkpoint import load_inference_model
-    from cluster.ray_session import connect
-    from eval.i3d import load_detector
+    from flowception.cluster.checkpoint import load_inference_model
+    from flowception.cluster.ray_session import connect
+    from flowception.eval.i3d import load_detector
 
     # [0] fail before any work: weights, checkpoint and its config
     load_detector(cfg.eval.detector, sha256=cfg.eval.detector_sha256)
@@ -157,7 +157,7 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     connect()
 
     # [1] eval split -> real videos and conditioning inputs
-    from pipelines.dataset import build_dataset
+    from flowception.pipelines.dataset import build_dataset
 
     want_real = cfg.num_real or cfg.num_videos
     need = max(want_real, cfg.num_videos)
@@ -167,7 +167,7 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     cond = rows.limit(cfg.num_videos).map(_conditioning, fn_kwargs={"n_ctx": n_ctx})
 
     # [2] generation actor pool
-    from eval.generate import FeatureActor, GenerationActor
+    from flowception.eval.generate import FeatureActor, GenerationActor
 
     gen = cond.map_batches(
         GenerationActor,
@@ -200,7 +200,7 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     if reference is None and ref_uri is not None:
         reference = reference_stats(real_out)
         if reference is not None:
-            from eval.fvd import save_reference
+            from flowception.eval.fvd import save_reference
 
             save_reference(ref_uri, reference[0], cfg.eval.protocol,
                            detector_sha256=_detector_sha(cfg.eval), skipped=reference[1])  # fmt: skip
@@ -254,7 +254,7 @@ def cached_reference(
         return None, None
     import hashlib
 
-    from eval.fvd import load_reference, reference_uri
+    from flowception.eval.fvd import load_reference, reference_uri
 
     text = json.dumps({"data": data, "num_real": num_real}, sort_keys=True, default=str)
     split = "{}-n{}-{}".format(str(data.get("shards", "")).rstrip("/").rsplit("/", 1)[-1] or "data",
@@ -266,7 +266,7 @@ def cached_reference(
 
 def reference_stats(real_rows: list[dict]) -> tuple[Any, int] | None:
     """``(Gaussian, skipped)`` of real I3D features; None with fewer than 2 clips."""
-    from eval.fvd import gaussian_from_features
+    from flowception.eval.fvd import gaussian_from_features
 
     feats = [r["features"] for r in real_rows if r["has_clip"]]
     if len(feats) < 2:
@@ -283,8 +283,8 @@ def reduce_metrics(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """FVD from the two feature sets (or the cached ``reference`` statistics of the real
     side), means of per-video scores, the length law."""
-    from eval.fvd import fvd_from_stats, gaussian_from_features
-    from eval.length import length_distribution
+    from flowception.eval.fvd import fvd_from_stats, gaussian_from_features
+    from flowception.eval.length import length_distribution
 
     metrics: dict[str, float] = {}
     params: dict[str, Any] = {}
@@ -325,7 +325,7 @@ def reduce_metrics(
 
 
 def _detector_sha(eval_cfg: EvalConfig) -> str:
-    from eval.assets import read_bytes, sha256_bytes
+    from flowception.eval.assets import read_bytes, sha256_bytes
 
     return eval_cfg.detector_sha256 or sha256_bytes(read_bytes(eval_cfg.detector))
 
@@ -341,8 +341,8 @@ def write_outputs(
     """summary.json, sample videos, the birth-coloured frame grid and the length histogram."""
     import torch
 
-    from cluster.videos import write_video
-    from eval.visualize import birth_grid, length_histogram
+    from flowception.cluster.videos import write_video
+    from flowception.eval.visualize import birth_grid, length_histogram
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -391,8 +391,8 @@ def log_to_mlflow(
         tags["mlflow.parentRunId"] = parent
     name = f"eval-step_{step:07d}" if step is not None else "eval"
     child = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
-    from cluster.config import flatten
-    from cluster.tracking import safe_params
+    from flowception.cluster.config import flatten
+    from flowception.cluster.tracking import safe_params
 
     flat = {**params, **flatten(cfg.to_dict(), "job.")}
     for key, value in safe_params(flat).items():

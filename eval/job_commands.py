@@ -1,4 +1,4 @@
-"""``flowception eval | sweep | compare`` (collected by ``eval.cli``).
+"""``flowception eval | sweep | compare`` (collected by ``flowception.eval.cli``).
 
 Runbook::
 
@@ -22,7 +22,7 @@ import json
 
 def _submitted(args: argparse.Namespace, command: list[str]) -> int:
     """Submit the validated command as a Ray job (``--address``) and optionally follow it."""
-    from cluster.submit import follow, submit_command
+    from flowception.cluster.submit import follow, submit_command
 
     job = submit_command(command, address=args.address, pip=not args.no_pip)
     print(f"submitted {job}")
@@ -32,7 +32,7 @@ def _submitted(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from eval.job import load_job_config, run_eval
+    from flowception.eval.job import load_job_config, run_eval
 
     cfg = load_job_config(args.checkpoint, args.overrides)  # validated before Ray starts
     if args.address:
@@ -44,8 +44,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from eval.job import load_job_config
-    from eval.sweep import run_sweep
+    from flowception.eval.job import load_job_config
+    from flowception.eval.sweep import run_sweep
 
     load_job_config(args.run, args.overrides)  # validated before anything runs
     if args.address:
@@ -58,7 +58,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from eval.compare import compare_runs
+    from flowception.eval.compare import compare_runs
 
     table, png = compare_runs(
         args.runs, tracking_uri=args.tracking_uri, metrics=args.metrics, out_dir=args.out

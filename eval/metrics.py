@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from eval.i3d import I3DFeatureExtractor
+    from flowception.eval.i3d import I3DFeatureExtractor
 
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2)
 

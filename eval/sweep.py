@@ -21,7 +21,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from eval.job import EvalJobConfig, EvalResult, load_job_config, run_eval, run_info
+from flowception.eval.job import EvalJobConfig, EvalResult, load_job_config, run_eval, run_info
 
 log = logging.getLogger("flowception.sweep")
 
@@ -55,7 +55,7 @@ def evaluated_steps(run_uri: str, cfg: EvalJobConfig) -> set[int]:
 
 def pending(run_uri: str, cfg: EvalJobConfig) -> list[tuple[int, str]]:
     """``(step, checkpoint uri)`` of complete checkpoints without a finished evaluation."""
-    from cluster.checkpoint import list_checkpoints
+    from flowception.cluster.checkpoint import list_checkpoints
 
     done = evaluated_steps(run_uri, cfg)
     return [(s, uri) for s, uri in list_checkpoints(run_uri, cfg.endpoint_url) if s not in done]

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from model.config import MethodConfig
-from model.path import warp_time
-from model.sampler import (
+from flowception.model.config import MethodConfig
+from flowception.model.path import warp_time
+from flowception.model.sampler import (
     Context,
     Guidance,
     SampleOutput,
@@ -29,7 +29,7 @@ from model.sampler import (
     VelocityField,
     apply_guidance,
 )
-from model.schedule import TrainingTimes, context_mask
+from flowception.model.schedule import TrainingTimes, context_mask
 
 
 def full_sequence_times(

@@ -14,10 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.attention import FramePattern, packed_attention
-from model.config import ModelConfig
-from model.embeddings import LabelEmbedder, Rope3D, TimestepEmbedder
-from model.packing import (
+from flowception.model.attention import FramePattern, packed_attention
+from flowception.model.config import ModelConfig
+from flowception.model.embeddings import LabelEmbedder, Rope3D, TimestepEmbedder
+from flowception.model.packing import (
     check_cu_seqlens,
     ranks_from_cu_seqlens,
     token_cu_seqlens,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.config import ModelConfig
+from flowception.model.config import ModelConfig
 
 
 def attended_frame_pairs(frames: int, window: int | None, causal: bool) -> int:

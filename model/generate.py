@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from model.baselines import sample_autoregressive, sample_full_sequence
-from model.config import MethodConfig
-from model.sampler import Context, Guidance, SampleOutput, sample
+from flowception.model.baselines import sample_autoregressive, sample_full_sequence
+from flowception.model.config import MethodConfig
+from flowception.model.sampler import Context, Guidance, SampleOutput, sample
 
 
 def velocity_field(net: nn.Module, labels: Tensor | None, *, drop_context: bool = False):

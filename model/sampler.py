@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from model.path import warp_time
+from flowception.model.path import warp_time
 
 VelocityField = Callable[..., tuple[Tensor, Tensor]]
 InsertionRule = Literal["learned", "left_to_right", "hierarchical", "random"]

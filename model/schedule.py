@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model.config import MethodConfig
-from model.path import warp_time
+from flowception.model.config import MethodConfig
+from flowception.model.path import warp_time
 
 _EPS_END = 1e-3  # tau_max = max d + 1 - 1e-3 (spec 4.4)
 _REJECTION_ROUNDS = 8  # spec 4.5

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model.baselines import autoregressive_times, full_sequence_times
-from model.config import MethodConfig
-from model.losses import LossOutput, combine, poisson_nll, velocity_loss
-from model.packing import Packed, pack, pack_index
-from model.path import interpolate, velocity_target
-from model.schedule import TrainingTimes, sample_training_times
+from flowception.model.baselines import autoregressive_times, full_sequence_times
+from flowception.model.config import MethodConfig
+from flowception.model.losses import LossOutput, combine, poisson_nll, velocity_loss
+from flowception.model.packing import Packed, pack, pack_index
+from flowception.model.path import interpolate, velocity_target
+from flowception.model.schedule import TrainingTimes, sample_training_times
 
 TIME_LAWS = {
     "flowception": sample_training_times,

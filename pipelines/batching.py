@@ -2,7 +2,7 @@
 
 The worker side of the data path. In a Ray Train worker::
 
-    from pipelines.batching import DataCursor, VideoBatchStream
+    from flowception.pipelines.batching import DataCursor, VideoBatchStream
 
     stream = VideoBatchStream(ray.train.get_dataset_shard("train"), cfg.data)
     for batch in stream:                 # VideoBatch, deterministic given seed + world size
@@ -12,7 +12,7 @@ The worker side of the data path. In a Ray Train worker::
 
 ``cursor.to_dict()`` goes into the checkpoint of every rank; on resume the ranks'
 cursors are merged (``DataCursor.merge``) and the result goes both to
-``pipelines.dataset.build_dataset(cfg, cursor=merged)``, which leaves out what was
+``flowception.pipelines.dataset.build_dataset(cfg, cursor=merged)``, which leaves out what was
 consumed, and to ``VideoBatchStream(..., cursor=merged)``, so later checkpoints
 include the earlier progress. With the exactly-once split (``pipelines.ingest``)
 ranks may get different numbers of batches per epoch: the training loop must not
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipelines.config import DataConfig
+from flowception.pipelines.config import DataConfig
 
 log = logging.getLogger(__name__)
 

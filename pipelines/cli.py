@@ -74,9 +74,9 @@ def make_shards(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from pipelines import sources
-    from pipelines.config import DataConfig
-    from pipelines.shards import Storage
+    from flowception.pipelines import sources
+    from flowception.pipelines.config import DataConfig
+    from flowception.pipelines.shards import Storage
 
     storage = Storage.from_config(DataConfig(shards=args.out, s3_endpoint_url=args.s3_endpoint))
     if args.source == "moving-mnist":
@@ -117,9 +117,9 @@ def check_shards(args: argparse.Namespace) -> int:
     """``flowception data check``: read every shard in-process, print counts by status."""
     from tqdm import tqdm
 
-    from pipelines.config import DataConfig
-    from pipelines.dataset import decode_rows, read_shard_rows
-    from pipelines.shards import Storage, list_shards
+    from flowception.pipelines.config import DataConfig
+    from flowception.pipelines.dataset import decode_rows, read_shard_rows
+    from flowception.pipelines.shards import Storage, list_shards
 
     cfg = DataConfig(
         shards=args.shards,

@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import schema
-from pipelines.batching import DataCursor
-from pipelines.config import DataConfig
-from pipelines.decode import DecodeError, centre_crop_resize, decode_mp4
-from pipelines.samples import plan_clip, read_samples, sample_rng, shard_order
-from pipelines.shards import ShardInfo, Storage, list_shards, read_bytes
+from flowception.pipelines import schema
+from flowception.pipelines.batching import DataCursor
+from flowception.pipelines.config import DataConfig
+from flowception.pipelines.decode import DecodeError, centre_crop_resize, decode_mp4
+from flowception.pipelines.samples import plan_clip, read_samples, sample_rng, shard_order
+from flowception.pipelines.shards import ShardInfo, Storage, list_shards, read_bytes
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import schema
-from pipelines.config import DataConfig
-from pipelines.shards import ShardWriter, Storage
+from flowception.pipelines import schema
+from flowception.pipelines.config import DataConfig
+from flowception.pipelines.shards import ShardWriter, Storage
 
 
 class LatentEncoder:

@@ -10,8 +10,8 @@ order, so the assignment depends only on the data, the seed and the world size.
 
 Driver::
 
-    from pipelines.dataset import build_dataset
-    from pipelines.ingest import exactly_once_config
+    from flowception.pipelines.dataset import build_dataset
+    from flowception.pipelines.ingest import exactly_once_config
 
     trainer = TorchTrainer(loop, datasets={"train": build_dataset(cfg.data, cursor=c)},
                            dataset_config=exactly_once_config(), ...)

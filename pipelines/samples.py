@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines import schema
+from flowception.pipelines import schema
 
 SKIP_REASONS = (
     "corrupt_tar",  # unreadable tar header(s); the key is unknown

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pipelines import schema
+from flowception.pipelines import schema
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

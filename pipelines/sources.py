@@ -26,9 +26,9 @@ from typing import Literal
 
 import numpy as np
 
-from pipelines import schema
-from pipelines.decode import centre_crop_resize, encode_mp4
-from pipelines.shards import ShardWriter, Storage
+from flowception.pipelines import schema
+from flowception.pipelines.decode import centre_crop_resize, encode_mp4
+from flowception.pipelines.shards import ShardWriter, Storage
 
 Split = Literal["train", "test"]
 VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")

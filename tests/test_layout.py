@@ -18,15 +18,36 @@ ALLOWED = {
 }
 
 
-def _imports(path: Path) -> set[str]:
+def _modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
     return names
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names imported, with ``flowception.X`` counted as ``X``."""
+    out = set()
+    for name in _modules(path):
+        parts = name.split(".")
+        out.add(parts[1] if parts[0] == "flowception" and len(parts) > 1 else parts[0])
+    return out
+
+
+def test_first_party_imports_use_the_one_import_name():
+    """``from model import ...`` would import the user's ``model`` module, not ours."""
+    bad = []
+    for path in ROOT.rglob("*.py"):
+        if ".venv" in path.parts:
+            continue
+        for name in sorted(_modules(path)):
+            if name.split(".")[0] in ALLOWED:
+                bad.append(f"{path.relative_to(ROOT)} imports {name} (use flowception.{name})")
+    assert not bad, "\n".join(bad)
 
 
 def test_imports_point_one_way():
@@ -56,7 +77,10 @@ def test_no_bare_import_eval():
 
 def test_console_command_help():
     out = subprocess.run(
-        [sys.executable, "-m", "eval.cli", "--help"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "flowception.eval.cli", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
     assert "flowception" in out.stdout

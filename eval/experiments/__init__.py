@@ -9,9 +9,9 @@ from __future__ import annotations
 
 # experiment name -> module under eval.experiments
 EXPERIMENTS: dict[str, str] = {
-    "schedule": "eval.experiments.schedule",
-    "baselines": "eval.experiments.baselines",
-    "insertion-order": "eval.experiments.insertion_order",
-    "local-attention": "eval.experiments.local_attention",
-    "cost": "eval.experiments.cost",
+    "schedule": "flowception.eval.experiments.schedule",
+    "baselines": "flowception.eval.experiments.baselines",
+    "insertion-order": "flowception.eval.experiments.insertion_order",
+    "local-attention": "flowception.eval.experiments.local_attention",
+    "cost": "flowception.eval.experiments.cost",
 }

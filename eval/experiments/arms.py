@@ -3,7 +3,7 @@
 Training is ``cluster.launch.launch`` on ``train_config`` plus overrides (2 Ray Train
 workers, DeepSpeed ZeRO-2 on CPU); evaluation is ``eval.job.run_eval`` (real I3D, FVD
 with few samples flagged non-standard, VBench-style metrics, length law). Data and
-I3D weights come from the demo's helpers (``eval.demo.make_data``, ``i3d_weights``).
+I3D weights come from the demo's helpers (``flowception.eval.demo.make_data``, ``i3d_weights``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.experiments.config import ROOT
-from eval.experiments.runner import ExperimentContext
+from flowception.eval.experiments.config import ROOT
+from flowception.eval.experiments.runner import ExperimentContext
 
 PROTOCOL = "fvd_exp_10f"
 """Name of the experiments' FVD protocol: 10-frame clips (Moving MNIST has 10-16 frames)."""
@@ -33,7 +33,7 @@ class Assets:
 
 def assets(ctx: ExperimentContext) -> Assets:
     """The given shards, or Moving MNIST sized by the config (cached per size), and I3D."""
-    from eval.demo import DemoPlan, i3d_weights, make_data
+    from flowception.eval.demo import DemoPlan, i3d_weights, make_data
 
     cfg = ctx.cfg
     root = Path(cfg.out).resolve()
@@ -52,9 +52,9 @@ def train_arm(
     ctx: ExperimentContext, a: Assets, arm: str, overrides: list[str], *, role: str = "arm"
 ):
     """Train one arm; its MLflow run becomes a child of the parent. Returns ``TrainResult``."""
-    from cluster.checkpoint import resolve_checkpoint
-    from cluster.config import load_config
-    from cluster.launch import launch
+    from flowception.cluster.checkpoint import resolve_checkpoint
+    from flowception.cluster.config import load_config
+    from flowception.cluster.launch import launch
 
     cfg = ctx.cfg
     epochs = 1 + (cfg.steps * 64) // (cfg.train_videos * 10)  # 2 workers x 32 frames a step
@@ -111,7 +111,7 @@ def eval_arm(
     When too few generated videos reach the clip length for FVD, the arm is evaluated
     again without FVD (the column reads n/a) rather than failing the experiment.
     """
-    from eval.job import load_job_config, run_eval
+    from flowception.eval.job import load_job_config, run_eval
 
     cfg = ctx.cfg
     slug = arm.replace(":", "-").replace("/", "-")
@@ -152,7 +152,7 @@ def bar_plot(
     rows: list[dict[str, Any]], path: Path, *, label: str, columns: tuple[str, ...], title: str
 ) -> Path:
     """One bar panel per column, one bar per row (NaN bars left empty)."""
-    from eval.visualize import pyplot
+    from flowception.eval.visualize import pyplot
 
     plt = pyplot()
     cols = [c for c in columns if any(isinstance(r.get(c), (int, float)) for r in rows)]

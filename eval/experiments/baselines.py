@@ -16,8 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval.experiments.arms import assets, bar_plot, eval_arm, train_arm, training_columns
-from eval.experiments.runner import ExperimentContext
+from flowception.eval.experiments.arms import (
+    assets,
+    bar_plot,
+    eval_arm,
+    train_arm,
+    training_columns,
+)
+from flowception.eval.experiments.runner import ExperimentContext
 
 TITLE = "Flowception vs full-sequence vs autoregressive (same data, steps, model)"
 NEEDS_RAY = True

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 
-from eval.experiments import EXPERIMENTS
+from flowception.eval.experiments import EXPERIMENTS
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from eval.experiments.config import load_experiment
-    from eval.experiments.runner import run_experiment
+    from flowception.eval.experiments.config import load_experiment
+    from flowception.eval.experiments.runner import run_experiment
 
     overrides = list(args.overrides)
     if args.out:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.config import ConfigMixin, apply_overrides
+from flowception.model.config import ConfigMixin, apply_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "configs" / "experiments"
@@ -72,7 +72,7 @@ class ExperimentConfig(ConfigMixin):
     """Free-form notes copied into the parent run's parameters."""
 
     def __post_init__(self) -> None:
-        from eval.experiments import EXPERIMENTS
+        from flowception.eval.experiments import EXPERIMENTS
 
         if self.name not in EXPERIMENTS:
             raise ValueError(
@@ -114,7 +114,7 @@ def load_experiment(name: str, *, quick: bool = False, overrides: list[str] | No
     """
     import yaml
 
-    from eval.experiments import EXPERIMENTS
+    from flowception.eval.experiments import EXPERIMENTS
 
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; expected one of {list(EXPERIMENTS)}")

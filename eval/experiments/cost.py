@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from eval.experiments.arms import bar_plot
-from eval.experiments.config import bench_model
-from eval.experiments.runner import ExperimentContext
-from model.config import ModelConfig
+from flowception.eval.experiments.arms import bar_plot
+from flowception.eval.experiments.config import bench_model
+from flowception.eval.experiments.runner import ExperimentContext
+from flowception.model.config import ModelConfig
 
 TITLE = "Sampling cost: Flowception / full sequence (E24), FLOPs and wall-clock"
 NEEDS_RAY = False
@@ -40,8 +40,8 @@ class Counted:
         self.calls = 0
 
     def __call__(self, x, t, cu, **kw):
-        from model.flops import forward_flops
-        from model.packing import ranks_from_cu_seqlens
+        from flowception.model.flops import forward_flops
+        from flowception.model.packing import ranks_from_cu_seqlens
 
         for k, v in forward_flops(cu, self.cfg).items():
             if k in self.flops:
@@ -69,10 +69,10 @@ def measure(
     cfg: ModelConfig, length: int, steps: int, videos: int, repeats: int, seed: int
 ) -> dict[str, Any]:
     """FLOPs and best-of-``repeats`` seconds of the three samplers at one length."""
-    from model.baselines import sample_full_sequence
-    from model.dit import DiT
-    from model.generate import velocity_field
-    from model.sampler import sample
+    from flowception.model.baselines import sample_full_sequence
+    from flowception.model.dit import DiT
+    from flowception.model.generate import velocity_field
+    from flowception.model.sampler import sample
 
     torch.manual_seed(seed)
     net = DiT(cfg).eval()
@@ -121,8 +121,8 @@ def measure(
 
 def run(ctx: ExperimentContext) -> list[dict[str, Any]]:
     """One child run per length."""
-    from cluster.config import load_config
-    from eval.experiments.config import ROOT
+    from flowception.cluster.config import load_config
+    from flowception.eval.experiments.config import ROOT
 
     cfg = ctx.cfg
     arms = cfg.pick_arms(tuple(str(n) for n in cfg.lengths))

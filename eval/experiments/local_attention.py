@@ -16,8 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from eval.experiments.arms import assets, eval_arm, train_arm, training_columns
-from eval.experiments.runner import ExperimentContext
+from flowception.eval.experiments.arms import assets, eval_arm, train_arm, training_columns
+from flowception.eval.experiments.runner import ExperimentContext
 
 TITLE = "Local attention: metric change vs full attention, per method"
 NEEDS_RAY = True
@@ -55,7 +55,7 @@ def run(ctx: ExperimentContext) -> list[dict[str, Any]]:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """Metrics against window size, one line per method."""
-    from eval.visualize import pyplot
+    from flowception.eval.visualize import pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(DELTAS), figsize=(3.4 * len(DELTAS), 3.2), squeeze=False)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.experiments import EXPERIMENTS
-from eval.experiments.config import ExperimentConfig
+from flowception.eval.experiments import EXPERIMENTS
+from flowception.eval.experiments.config import ExperimentConfig
 
 ROLE_TAG = "flowception.experiment_role"
 
@@ -88,7 +88,7 @@ def services(cfg: ExperimentConfig, *, needs_ray: bool) -> Iterator[str]:
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     with contextlib.ExitStack() as stack:
         if not uri:
-            from cluster.mlflow_server import mlflow_server
+            from flowception.cluster.mlflow_server import mlflow_server
 
             root = (Path(cfg.out) / "mlflow").resolve()
             uri = stack.enter_context(mlflow_server(root))
@@ -96,7 +96,7 @@ def services(cfg: ExperimentConfig, *, needs_ray: bool) -> Iterator[str]:
                   f"  flowception mlflow-server --root {root} --port 5000  # then open "
                   "http://127.0.0.1:5000", flush=True)  # fmt: skip
         if needs_ray:
-            from cluster.ray_session import ray_session
+            from flowception.cluster.ray_session import ray_session
 
             stack.enter_context(ray_session(2))
         yield uri
@@ -130,8 +130,8 @@ def run_experiment(cfg: ExperimentConfig) -> ExperimentResult:
     with services(cfg, needs_ray=getattr(module, "NEEDS_RAY", False)) as uri:
         from mlflow.tracking import MlflowClient
 
-        from cluster.config import flatten
-        from cluster.tracking import safe_params
+        from flowception.cluster.config import flatten
+        from flowception.cluster.tracking import safe_params
 
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(cfg.experiment)

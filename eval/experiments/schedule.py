@@ -2,7 +2,7 @@
 
 For each global-time law (E8 ``bounded``, ``bounded_logit_normal``, E9 ``uniform02``;
 one child run each) ``draws`` videos with lengths drawn from the training shards go
-through ``model.schedule.sample_training_times``; the table gives the largest gap
+through ``flowception.model.schedule.sample_training_times``; the table gives the largest gap
 between the visible fraction of non-start frames and ``kappa(tau_g) = tau_g`` (in 10
 bins of ``tau_g <= 1``), and the attention / token FLOPs ratios against full sequence
 (``model.flops``) in the insertion phase (E22, exact for these lengths) and over the
@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from eval.experiments.config import bench_model
-from eval.experiments.runner import ExperimentContext
+from flowception.eval.experiments.config import bench_model
+from flowception.eval.experiments.runner import ExperimentContext
 
 TITLE = "Training sampler: visibility law and cost ratios, measured vs predicted (E4, E22, E23)"
 NEEDS_RAY = False
@@ -37,8 +37,8 @@ def shard_lengths(shards: str) -> list[int]:
     import io
     import tarfile
 
-    from pipelines.schema import parse_meta, split_member
-    from pipelines.shards import list_shards, read_bytes
+    from flowception.pipelines.schema import parse_meta, split_member
+    from flowception.pipelines.shards import list_shards, read_bytes
 
     out = []
     for shard in list_shards(shards):
@@ -54,9 +54,9 @@ def shard_lengths(shards: str) -> list[int]:
 
 def measure(lengths: torch.Tensor, law: str, seed: int, n_start: int = 2) -> dict[str, Any]:
     """Visibility law and FLOPs ratios of one draw of ``len(lengths)`` videos."""
-    from model.config import MethodConfig, model_config
-    from model.flops import expected_visible_moments, forward_flops
-    from model.schedule import sample_training_times
+    from flowception.model.config import MethodConfig, model_config
+    from flowception.model.flops import expected_visible_moments, forward_flops
+    from flowception.model.schedule import sample_training_times
 
     method = MethodConfig(n_start=n_start, tau_g_law=law)
     s = sample_training_times(lengths, int(lengths.max()), method,
@@ -104,7 +104,7 @@ def measure(lengths: torch.Tensor, law: str, seed: int, n_start: int = 2) -> dic
 
 def run(ctx: ExperimentContext) -> list[dict[str, Any]]:
     """One child per law on the shard lengths, plus bench_model's fixed-length row."""
-    from eval.demo import DemoPlan, make_data
+    from flowception.eval.demo import DemoPlan, make_data
 
     cfg = ctx.cfg
     if cfg.shards:
@@ -149,7 +149,7 @@ def run(ctx: ExperimentContext) -> list[dict[str, Any]]:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """Visible fraction against ``tau_g`` per law (with ``kappa``), and the cost ratios."""
-    from eval.visualize import pyplot
+    from flowception.eval.visualize import pyplot
 
     plt = pyplot()
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 3.6))

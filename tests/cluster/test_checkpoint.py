@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import checkpoint, storage
-from cluster.config import TrainConfig, load_config
-from model.config import model_config
+from flowception.cluster import checkpoint, storage
+from flowception.cluster.config import TrainConfig, load_config
+from flowception.model.config import model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.config import TrainConfig
-from cluster.mlflow_server import free_port
-from eval.cli import main
+from flowception.cluster.config import TrainConfig
+from flowception.cluster.mlflow_server import free_port
+from flowception.eval.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def test_bad_override_fails_before_ray(command, capsys):
 
 
 def test_submit_runtime_env_pins_requirements():
-    from cluster.submit import entrypoint, pinned_requirements, runtime_env
+    from flowception.cluster.submit import entrypoint, pinned_requirements, runtime_env
 
     pins = pinned_requirements()
     assert "ray[data,train,default]==2.60.0" in pins and "deepspeed==0.19.8" in pins
@@ -50,7 +50,7 @@ def test_submit_runtime_env_pins_requirements():
     assert env["working_dir"] == str(ROOT) and ".venv" in env["excludes"]
     assert env["pip"]["packages"] == pins and env["env_vars"]["X"] == "1"
     assert entrypoint(str(ROOT / "configs/demo-cpu.yaml"), ["a.b=c d"]) == (
-        "python -m eval.cli train configs/demo-cpu.yaml 'a.b=c d'"
+        "python -m flowception.eval.cli train configs/demo-cpu.yaml 'a.b=c d'"
     )
 
 
@@ -95,14 +95,14 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """``flowception ARGS`` in a fresh process (Ray reads its auth mode at import)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(
-        [sys.executable, "-m", "eval.cli", *args], cwd=ROOT, env=env, capture_output=True,
+        [sys.executable, "-m", "flowception.eval.cli", *args], cwd=ROOT, env=env, capture_output=True,
         text=True, timeout=timeout,
     )  # fmt: skip
 
 
 @pytest.mark.slow
 def test_submit_follow_status_stop(ray_head, tmp_path):
-    from pipelines.sources import moving_mnist, write_clips
+    from flowception.pipelines.sources import moving_mnist, write_clips
 
     shards = tmp_path / "shards"
     write_clips(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.config import TrainConfig, apply_overrides, load_config
+from flowception.cluster.config import TrainConfig, apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
@@ -116,7 +116,7 @@ def test_deploy_manifests_submit_a_valid_config():
 
     job = yaml.safe_load((ROOT / "deploy/rayjob.yaml").read_text())
     argv = shlex.split(job["spec"]["entrypoint"])
-    assert argv[:4] == ["python", "-m", "eval.cli", "train"]
+    assert argv[:4] == ["python", "-m", "flowception.eval.cli", "train"]
     cfg = load_config(ROOT / argv[4], argv[5:])
     assert cfg.cluster.storage_path.startswith("s3://") and cfg.cluster.num_workers == 16
     workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
@@ -130,7 +130,7 @@ def test_deploy_manifests_submit_a_valid_config():
 
 
 def test_launch_makes_local_paths_absolute(tmp_path, monkeypatch):
-    from cluster.launch import absolute_paths
+    from flowception.cluster.launch import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import OptimConfig, load_config
-from cluster.deepspeed_config import deepspeed_config
-from cluster.lr import lr_factor
+from flowception.cluster.config import OptimConfig, load_config
+from flowception.cluster.deepspeed_config import deepspeed_config
+from flowception.cluster.lr import lr_factor
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import load_config
-from cluster.mlflow_server import free_port
-from cluster.tracking import Tracker, create_run, git_commit, safe_params
+from flowception.cluster.config import load_config
+from flowception.cluster.mlflow_server import free_port
+from flowception.cluster.tracking import Tracker, create_run, git_commit, safe_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,7 +88,7 @@ def test_create_run_logs_params_and_tags(mlflow_server):
 
 def test_run_info_reuses_the_run_when_the_server_moved(mlflow_server, tmp_path):
     """A re-run whose local server came back on another port keeps its MLflow run."""
-    from cluster.launch import run_info
+    from flowception.cluster.launch import run_info
 
     def info(uri: str) -> dict:
         return run_info(load_config(ROOT / "configs/demo-cpu.yaml", [
@@ -169,7 +169,7 @@ def test_tracker_buffers_through_an_outage(mlflow_server, tmp_path, monkeypatch)
 def test_mlflow_server_stops_cleanly(tmp_path):
     import urllib.request
 
-    from cluster.mlflow_server import mlflow_server
+    from flowception.cluster.mlflow_server import mlflow_server
 
     with mlflow_server(tmp_path / "m") as uri:
         with urllib.request.urlopen(f"{uri}/health", timeout=5) as resp:

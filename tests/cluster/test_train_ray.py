@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cluster import checkpoint
-from cluster.config import load_config
-from cluster.launch import launch
+from flowception.cluster import checkpoint
+from flowception.cluster.config import load_config
+from flowception.cluster.launch import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ LOGGED = ("loss", "loss_velocity", "loss_insertion", "lr", "grad_norm", "visible
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from pipelines.sources import moving_mnist, write_clips
+    from flowception.pipelines.sources import moving_mnist, write_clips
 
     out = tmp_path_factory.mktemp("shards")
     write_clips(
@@ -125,8 +125,8 @@ def test_zero2_run_on_s3_logs_to_mlflow(run_a, services):
 
 
 def test_export_loads_for_inference(run_a, services, tmp_path):
-    from model.config import model_config
-    from model.generate import generate
+    from flowception.model.config import model_config
+    from flowception.model.generate import generate
 
     cfg, result = run_a
     net, loaded = checkpoint.load_inference_model(result.export, endpoint_url=services["s3"])
@@ -211,7 +211,7 @@ def test_sweep_evaluates_each_checkpoint_once(run_a, services, i3d_weights, tmp_
     """`flowception sweep` on the S3 run: both checkpoints evaluated, a second call does nothing."""
     import mlflow
 
-    from eval.sweep import run_sweep
+    from flowception.eval.sweep import run_sweep
 
     cfg, result = run_a
     overrides = [

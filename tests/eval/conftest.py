@@ -45,6 +45,6 @@ def read_video(name: str, *, num_frames: int | None = None, side: int | None = N
 @pytest.fixture(scope="session")
 def extractor_64(i3d_weights: Path):
     """The real I3D at a reduced 64x64 input (for FVD behaviour tests; not the protocol)."""
-    from eval.i3d import I3DFeatureExtractor
+    from flowception.eval.i3d import I3DFeatureExtractor
 
     return I3DFeatureExtractor(i3d_weights, size=64, batch_size=16)

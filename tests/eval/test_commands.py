@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from eval.assets import sha256_bytes
-from eval.cli import main
+from flowception.eval.assets import sha256_bytes
+from flowception.eval.cli import main
 
 
 def test_assets_i3d_writes_weights_and_sidecar(tmp_path: Path, i3d_weights: Path, capsys):

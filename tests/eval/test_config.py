@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.config import ALL_METRICS, EvalConfig, FVDProtocol
+from flowception.eval.config import ALL_METRICS, EvalConfig, FVDProtocol
 
 
 def test_default_protocol_is_stylegan_v_fvd2048_16f():

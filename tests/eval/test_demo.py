@@ -18,7 +18,7 @@ def test_quick_demo_end_to_end(tmp_path):
     """The README's demo at --quick size, as a user runs it (own process, own services)."""
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "eval.cli", "demo", "--quick", "--out", str(out), "--steps", "20"],
+        [sys.executable, "-m", "flowception.eval.cli", "demo", "--quick", "--out", str(out), "--steps", "20"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -48,7 +48,7 @@ def test_quick_demo_end_to_end(tmp_path):
     # MLflow (the demo stopped its server): restart it on the same store and read the runs back
     from mlflow.tracking import MlflowClient
 
-    from cluster.mlflow_server import mlflow_server
+    from flowception.cluster.mlflow_server import mlflow_server
 
     with mlflow_server(out / "mlflow") as uri:
         client = MlflowClient(uri)

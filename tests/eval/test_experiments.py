@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.experiments import EXPERIMENTS
-from eval.experiments.config import load_experiment
-from eval.experiments.runner import ROLE_TAG, markdown_table
+from flowception.eval.experiments import EXPERIMENTS
+from flowception.eval.experiments.config import load_experiment
+from flowception.eval.experiments.runner import ROLE_TAG, markdown_table
 
 # ----------------------------------------------------------------------------- recipes
 
@@ -57,8 +57,8 @@ def _tiny_checkpoint(tmp_path: Path, method: str) -> Path:
     import yaml
     from safetensors.torch import save_file
 
-    from cluster.config import load_config
-    from model.dit import DiT
+    from flowception.cluster.config import load_config
+    from flowception.model.dit import DiT
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs" / "demo-cpu.yaml", [f"method.method={method}",
@@ -76,7 +76,7 @@ def _tiny_checkpoint(tmp_path: Path, method: str) -> Path:
 @pytest.mark.parametrize("rule", ["left_to_right", "hierarchical", "random"])
 def test_generation_actor_reveals_each_rows_length(tmp_path, rule):
     """A prescribed order generates exactly the row's real length ``L*`` (spec E25)."""
-    from eval.generate import GenerationActor
+    from flowception.eval.generate import GenerationActor
 
     ckpt = _tiny_checkpoint(tmp_path, "flowception")
     actor = GenerationActor(str(ckpt), method_overrides={"task": "unconditional",
@@ -93,7 +93,7 @@ def test_generation_actor_reveals_each_rows_length(tmp_path, rule):
 
 
 def test_generation_actor_baseline_data_lengths(tmp_path):
-    from eval.generate import GenerationActor
+    from flowception.eval.generate import GenerationActor
 
     ckpt = _tiny_checkpoint(tmp_path, "full_sequence")
     batch = {"key": np.asarray(["a", "b"], dtype=object), "label": np.full(2, -1),
@@ -108,7 +108,7 @@ def test_generation_actor_baseline_data_lengths(tmp_path):
 
 
 def test_conditioning_row_carries_length():
-    from eval.job import _conditioning
+    from flowception.eval.job import _conditioning
 
     row = {"key": "k", "label": 3, "video": np.zeros((11, 4, 4, 1), np.uint8)}
     out = _conditioning(row, 1)
@@ -128,7 +128,7 @@ def out_root(tmp_path_factory) -> Path:
 
 
 def _run(name: str, out_root: Path, uri: str, i3d: Path, extra: list[str]):
-    from eval.experiments.runner import run_experiment
+    from flowception.eval.experiments.runner import run_experiment
 
     cfg = load_experiment(name, overrides=[f"out={out_root}", f"tracking_uri={uri}",
                                            f"detector={i3d}", *TINY, *extra])  # fmt: skip

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.config import FVDProtocol
-from eval.fvd import (
+from flowception.eval.config import FVDProtocol
+from flowception.eval.fvd import (
     FeatureStats,
     Gaussian,
     accumulate,
@@ -22,7 +22,7 @@ from eval.fvd import (
     save_reference,
     select_clips,
 )
-from eval.i3d import I3DFeatureExtractor
+from flowception.eval.i3d import I3DFeatureExtractor
 from tests.eval.conftest import read_video
 
 # ----------------------------------------------------------------------------- maths

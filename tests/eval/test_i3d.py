@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from eval.assets import kinetics400_classes, sha256_bytes
-from eval.i3d import (
+from flowception.eval.assets import kinetics400_classes, sha256_bytes
+from flowception.eval.i3d import (
     ENDPOINTS,
     I3DFeatureExtractor,
     InceptionI3d,

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from eval.cli import main as cli
+from flowception.eval.cli import main as cli
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,8 @@ def eval_export(tmp_path_factory) -> Path:
     """Moving MNIST shards (train/test) and an export dir of a (random) tiny DiT."""
     from safetensors.torch import save_file
 
-    from cluster.config import load_config
-    from model.dit import DiT
+    from flowception.cluster.config import load_config
+    from flowception.model.dit import DiT
 
     root = tmp_path_factory.mktemp("evaljob")
     for split, n in (("train", 4), ("test", 8)):
@@ -51,7 +51,7 @@ def test_eval_job_logs_metrics_and_samples(
 ):
     from mlflow.tracking import MlflowClient
 
-    from eval.job import load_job_config, run_eval
+    from flowception.eval.job import load_job_config, run_eval
 
     client = MlflowClient(mlflow_server)
     exp = client.create_experiment("eval-job-test")
@@ -96,9 +96,9 @@ def test_eval_job_logs_metrics_and_samples(
 def test_reference_cache_is_keyed_by_data_and_protocol(tmp_path):
     """The cache misses on any change to the real clips, and cached statistics give the
     same FVD as features computed in place."""
-    from eval.config import EvalConfig
-    from eval.fvd import save_reference
-    from eval.job import cached_reference, reduce_metrics
+    from flowception.eval.config import EvalConfig
+    from flowception.eval.fvd import save_reference
+    from flowception.eval.job import cached_reference, reduce_metrics
 
     ev = EvalConfig.from_dict({"detector": "i3d.pt", "detector_sha256": "a" * 64,
                                "reference_cache": str(tmp_path), "metrics": ["fvd", "length"],
@@ -117,7 +117,7 @@ def test_reference_cache_is_keyed_by_data_and_protocol(tmp_path):
     real = [row(f) for f in rng.normal(size=(6, 400))] + [row(np.full(400, np.nan), False)]
     fake = [row(f) for f in rng.normal(1.0, 1.0, size=(5, 400))]
     direct, _ = reduce_metrics(ev, real, fake)
-    from eval.job import reference_stats
+    from flowception.eval.job import reference_stats
 
     stats, skipped = reference_stats(real)
     assert skipped == 1 and stats.count == 6
@@ -131,7 +131,7 @@ def test_reference_cache_is_keyed_by_data_and_protocol(tmp_path):
 
 
 def test_eval_config_errors_name_the_key(tmp_path):
-    from eval.job import load_job_config
+    from flowception.eval.job import load_job_config
 
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['num_vidoes'\]"):
         load_job_config("ckpt", ["num_vidoes=3"])
@@ -143,7 +143,7 @@ def test_eval_config_errors_name_the_key(tmp_path):
 
 
 def test_bad_detector_fails_before_any_work(eval_export, i3d_weights, tmp_path):
-    from eval.job import load_job_config, run_eval
+    from flowception.eval.job import load_job_config, run_eval
 
     cfg = load_job_config(
         str(eval_export),
@@ -156,7 +156,7 @@ def test_bad_detector_fails_before_any_work(eval_export, i3d_weights, tmp_path):
 def test_compare_runs_table_and_plot(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from eval.compare import compare_runs
+    from flowception.eval.compare import compare_runs
 
     client = MlflowClient(mlflow_server)
     exp = client.create_experiment("compare-test")
@@ -179,15 +179,15 @@ def test_compare_runs_table_and_plot(mlflow_server, tmp_path):
 
 def test_sweep_cronjob_submits_a_valid_sweep_command():
     """deploy/sweep-cronjob.yaml: the submitted command parses and its overrides validate."""
-    from eval.cli import build_parser
-    from eval.job import load_job_config
+    from flowception.eval.cli import build_parser
+    from flowception.eval.job import load_job_config
 
     root = Path(__file__).resolve().parents[2]
     spec = yaml.safe_load((root / "deploy" / "sweep-cronjob.yaml").read_text())
     container = spec["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:3] == ["ray", "job", "submit"]
     args = container["args"]
-    assert args[:3] == ["python", "-m", "eval.cli"]
+    assert args[:3] == ["python", "-m", "flowception.eval.cli"]
     parsed = build_parser().parse_args(args[3:])
     assert parsed.command == "sweep" and parsed.run.startswith("s3://")
     cfg = load_job_config(parsed.run, parsed.overrides)

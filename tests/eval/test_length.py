@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.length import length_distribution
+from flowception.eval.length import length_distribution
 
 
 def test_identical_laws():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.metrics import (
+from flowception.eval.metrics import (
     WEIGHTED_DIMENSIONS,
     consistency_score,
     dynamic_degree,
@@ -84,7 +84,7 @@ def test_consistency_score_hand_cases():
 
 
 def test_subject_consistency_with_real_i3d(i3d_weights: Path):
-    from eval.i3d import I3DFeatureExtractor
+    from flowception.eval.i3d import I3DFeatureExtractor
 
     extractor = I3DFeatureExtractor(i3d_weights, size=112)
     a = read_video("carphone_pristine.mp4", num_frames=16, side=112)
@@ -97,7 +97,7 @@ def test_subject_consistency_with_real_i3d(i3d_weights: Path):
 
 
 def test_weighted_dimension_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from eval import metrics
+    from flowception.eval import metrics
 
     monkeypatch.setattr(metrics, "_LOADERS", {})  # registrations stay in this test
     assert {"imaging_quality", "aesthetic_quality", "background_consistency"} <= set(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.i3d import I3DFeatureExtractor
+from flowception.eval.i3d import I3DFeatureExtractor
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eval.visualize import birth_grid, curves, length_histogram
+from flowception.eval.visualize import birth_grid, curves, length_histogram
 
 
 def test_birth_grid_colours_frames_by_birth(tmp_path):

@@ -4,15 +4,15 @@ EMA, FLOPs and config validation."""
 import pytest
 import torch
 
-from model.baselines import autoregressive_times, full_sequence_times
-from model.config import MethodConfig, ModelConfig, model_config
-from model.dit import DiT
-from model.ema import EMA
-from model.flops import forward_flops, insertion_phase_ratios, training_flops
-from model.generate import generate
-from model.packing import ranks_from_cu_seqlens
-from model.sampler import sample
-from model.schedule import sample_training_times
+from flowception.model.baselines import autoregressive_times, full_sequence_times
+from flowception.model.config import MethodConfig, ModelConfig, model_config
+from flowception.model.dit import DiT
+from flowception.model.ema import EMA
+from flowception.model.flops import forward_flops, insertion_phase_ratios, training_flops
+from flowception.model.generate import generate
+from flowception.model.packing import ranks_from_cu_seqlens
+from flowception.model.sampler import sample
+from flowception.model.schedule import sample_training_times
 
 
 def test_insertion_phase_cost_matches_e22():
@@ -148,7 +148,7 @@ def test_from_dict_coerces_numbers_and_names_bad_ones():
 
 
 def test_dotted_overrides_parse_values():
-    from model.config import apply_overrides
+    from flowception.model.config import apply_overrides
 
     out = apply_overrides(
         {"a": {"b": 1}}, ["a.b=1e-3", "a.c.d=[1, 2]", "x=none", "y='007'", "z=abc"]

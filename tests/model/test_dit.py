@@ -4,9 +4,9 @@ gradients to both heads, repeatability, and overfitting one batch."""
 import pytest
 import torch
 
-from model.config import MethodConfig, model_config
-from model.dit import DiT
-from model.training import training_step
+from flowception.model.config import MethodConfig, model_config
+from flowception.model.dit import DiT
+from flowception.model.training import training_step
 
 
 def tiny(**kw):

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.attention import FramePattern, packed_attention, resolve_backend
-from model.packing import (
+from flowception.model.attention import FramePattern, packed_attention, resolve_backend
+from flowception.model.packing import (
     check_cu_seqlens,
     pack,
     pack_index,

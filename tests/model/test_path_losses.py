@@ -2,8 +2,8 @@
 
 import torch
 
-from model.losses import poisson_nll, velocity_loss
-from model.path import interpolate, velocity_target, warp_time
+from flowception.model.losses import poisson_nll, velocity_loss
+from flowception.model.path import interpolate, velocity_target, warp_time
 
 
 def test_path_endpoints_and_velocity():

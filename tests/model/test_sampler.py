@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from model.packing import ranks_from_cu_seqlens
-from model.path import exact_point_mass_velocity
-from model.sampler import Context, Guidance, apply_guidance, reveal_order, sample
+from flowception.model.packing import ranks_from_cu_seqlens
+from flowception.model.path import exact_point_mass_velocity
+from flowception.model.sampler import Context, Guidance, apply_guidance, reveal_order, sample
 
 SHAPE = (1, 4, 4)
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from scipy import stats
 
-from model.config import MethodConfig
-from model.schedule import insertion_targets, sample_training_times
+from flowception.model.config import MethodConfig
+from flowception.model.schedule import insertion_targets, sample_training_times
 
 
 def _draw(lengths, f, seed=0, **kw):

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import schema
-from pipelines.config import DataConfig
-from pipelines.decode import encode_mp4
-from pipelines.sources import moving_mnist, write_clips
+from flowception.pipelines import schema
+from flowception.pipelines.config import DataConfig
+from flowception.pipelines.decode import encode_mp4
+from flowception.pipelines.sources import moving_mnist, write_clips
 
 NUM_VIDEOS = 12
 SAMPLES_PER_SHARD = 4

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.batching import (
+from flowception.pipelines.batching import (
     DataCursor,
     FrameBudgetBatcher,
     VideoBatchStream,

@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 
-from eval.cli import main
-from pipelines.s3_local import local_s3
+from flowception.eval.cli import main
+from flowception.pipelines.s3_local import local_s3
 
 
 def test_make_shards_then_check(tmp_path, capsys):

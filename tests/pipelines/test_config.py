@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import DataConfig
+from flowception.pipelines.config import DataConfig
 
 
 def test_defaults_round_trip():

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.batching import DataCursor, VideoBatchStream
-from pipelines.dataset import build_dataset, decode_rows, read_shard_rows
-from pipelines.ingest import split_for_workers
-from pipelines.samples import read_samples
-from pipelines.shards import Storage, list_shards, write_bytes
+from flowception.pipelines.batching import DataCursor, VideoBatchStream
+from flowception.pipelines.dataset import build_dataset, decode_rows, read_shard_rows
+from flowception.pipelines.ingest import split_for_workers
+from flowception.pipelines.samples import read_samples
+from flowception.pipelines.shards import Storage, list_shards, write_bytes
 
 from .conftest import NUM_VIDEOS, data_cfg, meta_json, tar_bytes, tiny_mp4
 
@@ -95,7 +95,7 @@ def test_bad_samples_are_skipped_counted_and_logged(ray_data, tmp_path, caplog):
         "truncated": 1,
     }
     # the same rows in-process, to see the log lines name shard and key
-    with caplog.at_level(logging.WARNING, logger="pipelines.dataset"):
+    with caplog.at_level(logging.WARNING, logger="flowception.pipelines.dataset"):
         decode_rows(read_shard_rows(cfg, str(tmp_path / "shard-a.tar"), 0, 0), cfg)
     assert "shard-a.tar key=garbage" in caplog.text and "bad_video" in caplog.text
     assert "shard-a.tar key=wrongjson" in caplog.text
@@ -166,14 +166,14 @@ def test_ray_train_workers_get_disjoint_shares(ray_data, mnist_dir, tmp_path):
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from pipelines.ingest import exactly_once_config
+    from flowception.pipelines.ingest import exactly_once_config
 
     cfg = data_cfg(mnist_dir)
     out = tmp_path / "keys"
     out.mkdir()
 
     def loop(config):
-        from pipelines.batching import VideoBatchStream as Stream
+        from flowception.pipelines.batching import VideoBatchStream as Stream
 
         ctx = ray.train.get_context()
         stream = Stream(ray.train.get_dataset_shard("train"), config["cfg"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.decode import DecodeError, centre_crop_resize, decode_mp4, encode_mp4
+from flowception.pipelines.decode import DecodeError, centre_crop_resize, decode_mp4, encode_mp4
 
 
 def _ramp(frames: int, size: int = 32) -> np.ndarray:

@@ -6,10 +6,10 @@ import io
 
 import numpy as np
 
-from pipelines.dataset import build_dataset
-from pipelines.encode import LatentEncoder, encode_dataset, write_latent_shards
-from pipelines.samples import read_samples
-from pipelines.shards import list_shards
+from flowception.pipelines.dataset import build_dataset
+from flowception.pipelines.encode import LatentEncoder, encode_dataset, write_latent_shards
+from flowception.pipelines.samples import read_samples
+from flowception.pipelines.shards import list_shards
 
 from .conftest import NUM_VIDEOS, data_cfg
 

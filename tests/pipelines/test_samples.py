@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipelines.samples import plan_clip, read_samples, sample_rng, scan_tar, shard_order
+from flowception.pipelines.samples import plan_clip, read_samples, sample_rng, scan_tar, shard_order
 
 from .conftest import meta_json, tar_bytes, tiny_mp4
 

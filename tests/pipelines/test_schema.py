@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipelines import schema
+from flowception.pipelines import schema
 
 
 def test_meta_round_trip_with_optional_fields():

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from pipelines import schema
-from pipelines.samples import read_samples
-from pipelines.shards import (
+from flowception.pipelines import schema
+from flowception.pipelines.samples import read_samples
+from flowception.pipelines.shards import (
     ShardWriter,
     Storage,
     list_shards,

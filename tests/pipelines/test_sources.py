@@ -6,7 +6,13 @@ import av
 import numpy as np
 import pytest
 
-from pipelines.sources import folder_clips, mnist_digits, moving_mnist, package_file, split_digits
+from flowception.pipelines.sources import (
+    folder_clips,
+    mnist_digits,
+    moving_mnist,
+    package_file,
+    split_digits,
+)
 
 
 def test_mnist_digits_are_the_real_csv():

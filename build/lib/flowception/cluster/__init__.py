@@ -1,0 +1,1 @@
+"""Training on Ray Train with DeepSpeed ZeRO, checkpoints, MLflow tracking, job submission."""

@@ -1,0 +1,339 @@
+"""Training checkpoints (all ranks), resume, and the fp32 export that eval loads.
+
+A checkpoint is a directory ``step_0001000/`` under the run directory
+(``{cluster.storage_path}/{run name}/``, local or ``s3://``)::
+
+    ds/                         DeepSpeed: model + ZeRO optimiser shards of every rank, LR schedule
+    latest                      DeepSpeed's tag pointer ("ds")
+    ema.pt                      EMA weights (rank 0; full fp32 tensors)
+    rng_rank000.pt ...          torch / generator / numpy / python RNG states, one per rank
+    cursor_rank000.json ...     data cursor (pipelines.batching.DataCursor) per rank
+    config.yaml                 the TrainConfig
+    manifest.json               written last: step, world size, config hash, {file: size}
+
+Complete means: ``manifest.json`` exists and every file it lists exists with its size.
+Each rank stages its files in a local temp dir renamed into place when done; the
+upload copies the manifest last. A crash at any point leaves either no step
+directory or one without a (valid) manifest, which every reader skips.
+
+    export_weights("runs/flowception-abc/step_0001000", "export/")   # model.safetensors, ...
+    net, cfg = load_inference_model("export/")                         # EMA weights, eval mode
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from flowception.cluster import storage
+from flowception.cluster.config import TrainConfig
+from flowception.model.config import ModelConfig
+
+FORMAT = "flowception-checkpoint/1"
+MANIFEST = "manifest.json"
+DS_TAG = "ds"
+STEP_RE = re.compile(r"^step_(\d{7,})$")
+
+
+def step_dir_name(step: int) -> str:
+    """``step_0001000``."""
+    return f"step_{step:07d}"
+
+
+# --------------------------------------------------------------------------- #
+#                         Writing (every rank)                                #
+# --------------------------------------------------------------------------- #
+
+
+def stage_rank_files(
+    engine: Any,
+    *,
+    ema: Any,
+    cfg: TrainConfig,
+    step: int,
+    rank: int,
+    rng: dict[str, Any],
+    cursor: dict[str, Any],
+) -> Path:
+    """Write this rank's part of checkpoint ``step`` into a fresh local staging dir.
+
+    Collective: every rank must call it (DeepSpeed's save synchronises the ranks).
+    Returns ``.../step_XXXXXXX.partial`` (rename it with ``finalize_local``).
+    """
+    root = Path(tempfile.mkdtemp(prefix=f"flowception-ckpt-r{rank}-"))
+    tmp = root / f"{step_dir_name(step)}.partial"
+    tmp.mkdir()
+    engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"step": step})
+    torch.save(rng, tmp / f"rng_rank{rank:03d}.pt")
+    (tmp / f"cursor_rank{rank:03d}.json").write_text(json.dumps(cursor))
+    if rank == 0:
+        torch.save(ema.state_dict(), tmp / "ema.pt")
+        (tmp / "config.yaml").write_text(cfg.to_yaml())
+    return tmp
+
+
+def write_manifest(
+    staged: Path, files: dict[str, int], *, cfg: TrainConfig, step: int, world_size: int
+) -> None:
+    """Write ``manifest.json`` listing ``files`` (all ranks' files with their sizes)."""
+    manifest = {
+        "format": FORMAT,
+        "step": step,
+        "world_size": world_size,
+        "zero_stage": cfg.deepspeed.zero_stage,
+        "config_hash": cfg.hash(),
+        "time": time.time(),
+        "files": dict(sorted(files.items())),
+    }
+    (staged / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def finalize_local(staged: Path) -> Path:
+    """Atomically rename ``step_X.partial`` to ``step_X`` (same filesystem)."""
+    final = staged.with_name(staged.name.removesuffix(".partial"))
+    os.replace(staged, final)
+    return final
+
+
+def upload(local_dir: Path, uri: str, endpoint_url: str | None = None) -> None:
+    """Copy a finalised local checkpoint dir to ``uri`` (local or s3), manifest last."""
+    fs, path = storage.resolve(uri, endpoint_url)
+    names = sorted(storage.file_sizes(storage.pafs.LocalFileSystem(), str(local_dir)))
+    storage.upload_files(local_dir, fs, path, names, last=MANIFEST)
+
+
+# --------------------------------------------------------------------------- #
+#                         Finding and reading                                 #
+# --------------------------------------------------------------------------- #
+
+
+def read_manifest(fs: Any, path: str) -> dict[str, Any] | None:
+    """The manifest of the checkpoint at ``path`` if it is complete, else ``None``."""
+    try:
+        manifest = json.loads(storage.read_text(fs, f"{path}/{MANIFEST}"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if manifest.get("format") != FORMAT:
+        return None
+    present = storage.file_sizes(fs, path)
+    for name, size in manifest["files"].items():
+        if present.get(name) != size:
+            return None
+    return manifest
+
+
+def list_checkpoints(run_uri: str, endpoint_url: str | None = None) -> list[tuple[int, str]]:
+    """``[(step, uri)]`` of the complete checkpoints of a run, oldest first."""
+    fs, path = storage.resolve(run_uri, endpoint_url)
+    out = []
+    for name in storage.list_dirs(fs, path):
+        m = STEP_RE.match(name)
+        if m and read_manifest(fs, f"{path}/{name}") is not None:
+            out.append((int(m.group(1)), storage.uri_of(fs, f"{path}/{name}")))
+    return sorted(out)
+
+
+def resolve_checkpoint(uri: str, endpoint_url: str | None = None) -> str | None:
+    """A complete checkpoint's URI from a checkpoint or a run directory; ``None`` if none."""
+    fs, path = storage.resolve(uri, endpoint_url)
+    if read_manifest(fs, path) is not None:
+        return storage.uri_of(fs, path)
+    found = list_checkpoints(uri, endpoint_url)
+    return found[-1][1] if found else None
+
+
+def resume_point(
+    run_uri: str, resume_from: str | None, endpoint_url: str | None = None
+) -> str | None:
+    """Where a (re)started run continues: its own latest checkpoint, else ``resume_from``.
+
+    Raises:
+        FileNotFoundError: ``resume_from`` is set but holds no complete checkpoint.
+    """
+    own = resolve_checkpoint(run_uri, endpoint_url)
+    if own is not None or resume_from is None:
+        return own
+    found = resolve_checkpoint(resume_from, endpoint_url)
+    if found is None:
+        raise FileNotFoundError(f"checkpoint.resume_from={resume_from!r}: no complete checkpoint")
+    return found
+
+
+def fetch(uri: str, endpoint_url: str | None = None, dest: Path | None = None) -> Path:
+    """A complete checkpoint as a local directory (downloaded when remote)."""
+    fs, path = storage.resolve(uri, endpoint_url)
+    if read_manifest(fs, path) is None:
+        raise FileNotFoundError(f"{uri}: not a complete checkpoint (no valid {MANIFEST})")
+    if fs.type_name == "local" and dest is None:
+        return Path(path)
+    dest = dest or Path(tempfile.mkdtemp(prefix="flowception-fetch-")) / Path(path).name
+    return storage.download_dir(fs, path, dest)
+
+
+def merged_cursor(uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """The union of every rank's data cursor in a checkpoint (what the job consumed)."""
+    from flowception.pipelines.batching import DataCursor
+
+    fs, path = storage.resolve(uri, endpoint_url)
+    manifest = read_manifest(fs, path)
+    if manifest is None:
+        raise FileNotFoundError(f"{uri}: not a complete checkpoint")
+    names = [n for n in manifest["files"] if n.startswith("cursor_rank")]
+    cursors = [
+        DataCursor.from_dict(json.loads(storage.read_text(fs, f"{path}/{n}"))) for n in names
+    ]
+    return DataCursor.merge(cursors).to_dict()
+
+
+def restore_rank(
+    engine: Any, *, ema: Any, local_dir: Path, rank: int, world_size: int
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Load a checkpoint into this rank's engine and EMA.
+
+    Returns:
+        ``(step, rng states, cursor dict)`` of this rank.
+    """
+    manifest = json.loads((local_dir / MANIFEST).read_text())
+    if manifest["world_size"] != world_size:
+        raise ValueError(
+            f"{local_dir}: written by {manifest['world_size']} ranks, this run has {world_size}"
+        )
+    _, client = engine.load_checkpoint(str(local_dir), tag=DS_TAG)
+    if client is None:
+        raise FileNotFoundError(f"{local_dir}/{DS_TAG}: DeepSpeed could not load it")
+    ema.load_state_dict(torch.load(local_dir / "ema.pt", weights_only=False))
+    rng = torch.load(local_dir / f"rng_rank{rank:03d}.pt", weights_only=False)
+    cursor = json.loads((local_dir / f"cursor_rank{rank:03d}.json").read_text())
+    return int(manifest["step"]), rng, cursor
+
+
+# --------------------------------------------------------------------------- #
+#                          Export and inference                               #
+# --------------------------------------------------------------------------- #
+
+
+def consolidated_state_dict(local_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full fp32 weights from a DeepSpeed checkpoint of any ZeRO stage (one process)."""
+    if zero_stage == 0:
+        states = torch.load(
+            local_dir / DS_TAG / "mp_rank_00_model_states.pt",
+            map_location="cpu",
+            weights_only=False,
+        )
+        return {k: v.float() for k, v in states["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(local_dir), tag=DS_TAG)
+    return {k: v.float() for k, v in state.items()}
+
+
+def export_weights(
+    checkpoint: str | Path, out_dir: str | Path, *, endpoint_url: str | None = None
+) -> Path:
+    """Write ``model.safetensors``, ``ema.safetensors``, ``config.yaml``, ``export.json``.
+
+    Args:
+        checkpoint: a complete checkpoint (or a run directory: its latest one).
+        out_dir: local output directory (created).
+
+    Returns:
+        ``out_dir``.
+    """
+    from safetensors.torch import save_file
+
+    uri = resolve_checkpoint(str(checkpoint), endpoint_url)
+    if uri is None:
+        raise FileNotFoundError(f"{checkpoint}: no complete checkpoint")
+    local = fetch(uri, endpoint_url)
+    manifest = json.loads((local / MANIFEST).read_text())
+    cfg = TrainConfig.from_dict(yaml.safe_load((local / "config.yaml").read_text()))
+    weights = consolidated_state_dict(local, manifest["zero_stage"])
+    ema = torch.load(local / "ema.pt", map_location="cpu", weights_only=False)["shadow"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"step": str(manifest["step"]), "config_hash": manifest["config_hash"]}
+    save_file(
+        {k: v.contiguous().clone() for k, v in weights.items()}, out / "model.safetensors", meta
+    )
+    ema = {
+        k: (v.float() if v.is_floating_point() else v).contiguous().clone() for k, v in ema.items()
+    }
+    save_file(ema, out / "ema.safetensors", meta)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    info = {"source": uri, "step": manifest["step"], "config_hash": manifest["config_hash"]}
+    (out / "export.json").write_text(json.dumps(info, indent=1))
+    return out
+
+
+def model_config_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """``["width: 32 != 64", ...]`` for the fields where ``a`` and ``b`` differ."""
+    return [
+        f"{f.name}: {getattr(a, f.name)!r} != {getattr(b, f.name)!r}"
+        for f in dataclasses.fields(a)
+        if getattr(a, f.name) != getattr(b, f.name)
+    ]
+
+
+def load_inference_model(
+    path_or_uri: str | Path,
+    *,
+    weights: Literal["ema", "raw"] = "ema",
+    expected: ModelConfig | None = None,
+    endpoint_url: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.nn.Module, TrainConfig]:
+    """A ``DiT`` in eval mode with exported weights, and the run's ``TrainConfig``.
+
+    Args:
+        path_or_uri: an export directory (``model.safetensors`` + ``config.yaml``), or a
+            checkpoint / run directory, local or ``s3://`` (exported on the fly).
+        weights: ``ema`` (default, what samples are drawn from) or ``raw``.
+        expected: refuse weights trained with a different ``ModelConfig``.
+        endpoint_url: S3 endpoint for ``s3://`` URIs.
+        device: where the model goes.
+
+    Raises:
+        ValueError: the checkpoint's model config differs from ``expected`` (the
+            differing fields are listed) or its tensors do not fit the DiT.
+    """
+    from safetensors.torch import load_file
+
+    from flowception.model.dit import DiT
+
+    src = str(path_or_uri)
+    fs, path = storage.resolve(src, endpoint_url)
+    scratch = None
+    if storage.file_sizes(fs, path).get("model.safetensors") is None:
+        out = scratch = Path(tempfile.mkdtemp(prefix="flowception-export-"))
+        export_weights(src, out, endpoint_url=endpoint_url)
+    elif fs.type_name == "local":
+        out = Path(path)
+    else:
+        out = scratch = Path(tempfile.mkdtemp(prefix="flowception-export-"))
+        storage.download_dir(fs, path, out)
+    cfg = TrainConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+    if expected is not None and expected != cfg.model:
+        diff = "; ".join(model_config_diff(cfg.model, expected))
+        raise ValueError(f"{src}: trained with a different model config ({diff})")
+    net = DiT(cfg.model)
+    state = load_file(str(out / ("ema.safetensors" if weights == "ema" else "model.safetensors")))
+    missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
+    if missing or unexpected:
+        raise ValueError(
+            f"{src}: weights do not fit the DiT (missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]})"
+        )
+    net.load_state_dict(state)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return net.to(device).eval(), cfg

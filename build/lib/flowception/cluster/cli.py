@@ -1,0 +1,170 @@
+"""``flowception`` subcommands for training: train, submit, status, logs, stop, export, mlflow-server.
+
+    flowception mlflow-server &                                   # prints MLFLOW_TRACKING_URI
+    export MLFLOW_TRACKING_URI=http://127.0.0.1:PORT
+    flowception train configs/demo-cpu.yaml                       # local Ray, 2 CPU workers
+    flowception train configs/demo-cpu.yaml steps=50 optim.lr=3e-4 cluster.name=try1
+    flowception train configs/demo-cpu.yaml checkpoint.resume_from=runs/try1
+    flowception export runs/try1 export/try1                      # model.safetensors + config.yaml
+    flowception submit configs/demo-cpu.yaml steps=50 --address http://127.0.0.1:8265 --follow
+    flowception status JOB_ID --address http://127.0.0.1:8265
+    flowception logs JOB_ID --address http://127.0.0.1:8265 --follow
+    flowception stop JOB_ID --address http://127.0.0.1:8265
+
+Overrides are ``section.key=value`` (YAML values) and go right after CONFIG, before
+any ``--option``; unknown keys are an error naming the key, and the whole config is
+validated before Ray is started or contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the training subcommands to the ``flowception`` parser."""
+    train = subparsers.add_parser(
+        "train", help="train on Ray Train + DeepSpeed (local or RAY_ADDRESS)"
+    )
+    train.add_argument("config", help="YAML recipe, e.g. configs/demo-cpu.yaml")
+    train.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    train.add_argument("--print-config", action="store_true", help="print the config and exit")
+    train.set_defaults(func=_train)
+
+    submit = subparsers.add_parser("submit", help="submit training as a Ray job")
+    submit.add_argument("config")
+    submit.add_argument("overrides", nargs="*")
+    _address(submit)
+    submit.add_argument("--follow", action="store_true", help="print the job's logs until it ends")
+    submit.add_argument(
+        "--no-pip", dest="pip", action="store_false", help="use the image's packages"
+    )
+    submit.add_argument("--submission-id", default=None, help="job id to use (default: Ray's)")
+    submit.set_defaults(func=_submit)
+
+    for name, helptext, fn in (
+        ("status", "a Ray job's status", _status),
+        ("stop", "stop a Ray job", _stop),
+        ("logs", "a Ray job's logs", _logs),
+    ):
+        p = subparsers.add_parser(name, help=helptext)
+        p.add_argument("job_id")
+        _address(p)
+        if name == "logs":
+            p.add_argument("--follow", action="store_true")
+        p.set_defaults(func=fn)
+
+    export = subparsers.add_parser("export", help="consolidated fp32 weights of a checkpoint")
+    export.add_argument("checkpoint", help="checkpoint or run directory (local or s3://)")
+    export.add_argument("out", help="local output directory")
+    export.set_defaults(func=_export)
+
+    server = subparsers.add_parser("mlflow-server", help="run a local MLflow server until Ctrl-C")
+    server.add_argument("--root", default="mlruns", help="holds mlflow.db and artifacts/")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=None, help="default: a free port")
+    server.set_defaults(func=_mlflow_server)
+
+
+def _address(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)",
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from flowception.cluster.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # validated before Ray is touched
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from flowception.cluster.launch import launch
+
+    result = launch(cfg)
+    summary = {
+        "run": result.run_uri,
+        "checkpoint": result.checkpoint,
+        "export": result.export,
+        "mlflow_run_id": result.mlflow_run_id,
+        "step": result.metrics.get("step"),
+        "loss": result.metrics.get("loss"),
+        "seconds": round(result.seconds, 1),
+    }
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from flowception.cluster import submit
+
+    job_id = submit.submit(
+        args.config,
+        args.overrides,
+        address=args.address,
+        pip=args.pip,
+        submission_id=args.submission_id,
+    )
+    print(job_id, flush=True)
+    if args.follow:
+        state = submit.follow(job_id, address=args.address)
+        print(f"job {job_id}: {state}")
+        return 0 if state == "SUCCEEDED" else 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from flowception.cluster import submit
+
+    print(submit.status(args.job_id, address=args.address))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from flowception.cluster import submit
+
+    stopped = submit.stop(args.job_id, address=args.address)
+    print(f"job {args.job_id}: {'stop requested' if stopped else 'not running'}")
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from flowception.cluster import submit
+
+    if args.follow:
+        submit.follow(args.job_id, address=args.address)
+        return 0
+    print(submit.client(args.address).get_job_logs(args.job_id), end="")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from flowception.cluster.checkpoint import export_weights
+
+    out = export_weights(args.checkpoint, Path(args.out))
+    print(out)
+    return 0
+
+
+def _mlflow_server(args: argparse.Namespace) -> int:
+    import signal
+
+    from flowception.cluster.mlflow_server import mlflow_server
+
+    # `kill PID` (SIGTERM) must stop the server too, not only Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with mlflow_server(Path(args.root), host=args.host, port=args.port) as uri:
+        print(f"export MLFLOW_TRACKING_URI={uri}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping", file=sys.stderr)
+    return 0

@@ -1,0 +1,222 @@
+"""The driver: datasets + ``TorchTrainer`` for ``train_loop_per_worker``, then the export.
+
+    flowception train configs/demo-cpu.yaml                      # local Ray (or RAY_ADDRESS)
+    flowception train configs/demo-cpu.yaml steps=50 cluster.name=try1
+    flowception train configs/demo-cpu.yaml checkpoint.resume_from=runs/try1/step_0000050
+
+The run directory is ``{cluster.storage_path}/{run name}`` (``cluster.name`` or
+``{method}-{config hash}``); starting the same config again continues that run
+from its latest complete checkpoint. It holds ``run.json`` (MLflow run id, config
+hash, git commit), the ``step_XXXXXXX/`` checkpoints and, at the end, ``export/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flowception.cluster import checkpoint, storage
+from flowception.cluster.config import TrainConfig
+from flowception.cluster.ray_session import connect
+from flowception.cluster.tracking import create_run, git_commit, run_exists, tracking_uri
+
+log = logging.getLogger("flowception.launch")
+
+# Environment variables handed to the workers when set on the driver (no credentials).
+WORKER_ENV = ("FLOWCEPTION_FAULT", "AWS_ENDPOINT_URL", "AWS_REGION", "MLFLOW_TRACKING_URI")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run left behind.
+
+    Attributes:
+        run_uri: the run directory (local path or ``s3://``).
+        checkpoint: URI of the last complete checkpoint.
+        export: local directory or URI of the exported weights, if exported.
+        mlflow_run_id: the MLflow run, if tracked.
+        metrics: rank 0's metrics at the last checkpoint.
+        seconds: wall time of ``trainer.fit()``.
+    """
+
+    run_uri: str
+    checkpoint: str | None
+    export: str | None
+    mlflow_run_id: str | None
+    metrics: dict[str, Any]
+    seconds: float
+
+
+class DatasetFactory:
+    """Builds the train dataset when the worker group (re)starts, after the latest
+    checkpoint's merged data cursor, so a restarted group neither repeats nor skips data.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_uri: str) -> None:
+        self.cfg, self.run_uri = cfg, run_uri
+
+    def __call__(self) -> Any:
+        from flowception.pipelines.batching import DataCursor
+        from flowception.pipelines.dataset import build_dataset
+
+        endpoint = self.cfg.cluster.storage_endpoint_url
+        ckpt = checkpoint.resume_point(self.run_uri, self.cfg.checkpoint.resume_from, endpoint)
+        cursor = DataCursor.from_dict(checkpoint.merged_cursor(ckpt, endpoint)) if ckpt else None
+        return build_dataset(self.cfg.data, cursor=cursor)
+
+
+def run_info(cfg: TrainConfig) -> dict[str, Any]:
+    """Run directory, MLflow run (created or reused from ``run.json``), written to ``run.json``."""
+    endpoint = cfg.cluster.storage_endpoint_url
+    fs, root = storage.resolve(cfg.cluster.storage_path, endpoint)
+    run_path = f"{root}/{cfg.run_name()}"
+    info_path = f"{run_path}/run.json"
+    try:
+        previous = json.loads(storage.read_text(fs, info_path))
+    except FileNotFoundError:
+        previous = {}
+    uri = tracking_uri(cfg.tracking)
+    run_id = previous.get("mlflow_run_id")
+    if run_id and previous.get("mlflow_uri") != uri:  # the same store may answer on a new port
+        run_id = run_id if uri and run_exists(uri, run_id) else None
+    commit = git_commit(Path(__file__).resolve().parent)
+    if uri and run_id is None:
+        tags = {
+            "git_commit": commit,
+            "config_hash": cfg.hash(),
+            "run_dir": storage.uri_of(fs, run_path),
+            "method": cfg.method.method,
+        }
+        run_id = create_run(cfg, uri, tags=tags)
+    info = {
+        "run_name": cfg.run_name(),
+        "run_uri": storage.uri_of(fs, run_path),
+        "config_hash": cfg.hash(),
+        "git_commit": commit,
+        "mlflow_uri": uri,
+        "mlflow_run_id": run_id,
+        "created": previous.get("created", time.time()),
+    }
+    storage.with_retries(lambda: fs.create_dir(run_path, recursive=True), what=run_path)
+    storage.write_text(fs, info_path, json.dumps(info, indent=1))
+    return info
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Local paths made absolute here: Ray tasks and workers run in other directories."""
+
+    def fix(path: str | None) -> str | None:
+        return path if path is None or "://" in path else os.path.abspath(path)
+
+    return dataclasses.replace(
+        cfg,
+        data=cfg.data.replace(shards=fix(cfg.data.shards)),
+        checkpoint=dataclasses.replace(cfg.checkpoint, resume_from=fix(cfg.checkpoint.resume_from)),
+        cluster=dataclasses.replace(cfg.cluster, storage_path=fix(cfg.cluster.storage_path)),
+    )
+
+
+def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> TrainResult:
+    """Train ``cfg`` on the current Ray cluster (``ray.init()`` if none is connected).
+
+    Args:
+        cfg: a validated config.
+        worker_env: extra environment variables for the workers (tests: fault spec).
+
+    Returns:
+        The run's ``TrainResult``.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from flowception.cluster.train_loop import train_loop_per_worker
+    from flowception.pipelines.ingest import exactly_once_config
+
+    cfg = absolute_paths(cfg)
+    endpoint = cfg.cluster.storage_endpoint_url
+    if cfg.checkpoint.resume_from:  # fail now, not in the workers
+        checkpoint.resume_point("/nonexistent", cfg.checkpoint.resume_from, endpoint)
+    connect()
+    run = run_info(cfg)
+    fs, root = storage.resolve(cfg.cluster.storage_path, endpoint)
+    env = {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
+    env.update(worker_env or {})
+    resources = {"CPU": cfg.cluster.cpus_per_worker}
+    if cfg.cluster.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": cfg.to_dict(), "run": run},
+        torch_config=TorchConfig(
+            backend="nccl" if cfg.cluster.use_gpu else "gloo", timeout_s=cfg.cluster.timeout_s
+        ),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.cluster.num_workers,
+            use_gpu=cfg.cluster.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run_name(),
+            storage_path=root,
+            storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+        datasets={"train": DatasetFactory(cfg, run["run_uri"])},
+        dataset_config=exactly_once_config(),
+    )
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception:
+        mark_failed(run)
+        raise
+    seconds = time.perf_counter() - t0
+    last = checkpoint.resolve_checkpoint(run["run_uri"], endpoint)
+    export = None
+    if cfg.checkpoint.export and last:
+        export = export_run(last, run["run_uri"], endpoint)
+        log.info("exported weights to %s", export)
+    return TrainResult(
+        run_uri=run["run_uri"],
+        checkpoint=last,
+        export=export,
+        mlflow_run_id=run["mlflow_run_id"],
+        metrics=dict(result.metrics or {}),
+        seconds=seconds,
+    )
+
+
+def mark_failed(run: dict[str, Any]) -> None:
+    """Close the run's MLflow run as FAILED (the workers could not)."""
+    if not run.get("mlflow_run_id"):
+        return
+    import mlflow
+
+    try:
+        mlflow.MlflowClient(run["mlflow_uri"]).set_terminated(run["mlflow_run_id"], "FAILED")
+    except Exception as exc:  # noqa: BLE001 - the training error is what matters
+        log.warning("MLflow: could not mark run %s failed (%s)", run["mlflow_run_id"], exc)
+
+
+def export_run(ckpt: str, run_uri: str, endpoint: str | None) -> str:
+    """Export ``ckpt`` to ``{run_uri}/export`` (staged locally, then copied when remote)."""
+    fs, run_path = storage.resolve(run_uri, endpoint)
+    if fs.type_name == "local":
+        return str(
+            checkpoint.export_weights(ckpt, Path(run_path) / "export", endpoint_url=endpoint)
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = checkpoint.export_weights(ckpt, Path(tmp) / "export", endpoint_url=endpoint)
+        names = sorted(p.name for p in out.iterdir())
+        storage.upload_files(out, fs, f"{run_path}/export", names, last="export.json")
+    return f"{run_uri}/export"

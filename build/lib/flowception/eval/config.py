@@ -1,0 +1,133 @@
+"""Typed, frozen, validated configuration of evaluation: the FVD protocol and the eval run.
+
+``FVDProtocol`` pins how an FVD number is computed (StyleGAN-V's ``fvd2048_16f`` by
+default, spec section 12); its :meth:`FVDProtocol.hash` keys cached reference
+statistics and is logged with every number. ``EvalConfig`` is the ``eval`` branch of the
+config tree (composed in ``cluster/``). Both round-trip through ``to_dict()`` /
+``from_dict()`` and reject unknown keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from flowception.eval.assets import DEFAULT_I3D_PATH
+from flowception.model.config import ConfigMixin
+
+Offset = Literal["random", "start"]
+MetricName = Literal[
+    "fvd",
+    "temporal_flickering",
+    "motion_smoothness",
+    "dynamic_degree",
+    "subject_consistency",
+    "length",
+]
+ALL_METRICS: tuple[str, ...] = get_args(MetricName)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FVDProtocol(ConfigMixin):
+    """How real and generated clips become the two Gaussians of FVD (spec section 12)."""
+
+    name: str = "fvd2048_16f"
+    """Label logged with every number (StyleGAN-V's name for the default protocol)."""
+    num_frames: int = 16
+    """Consecutive frames per clip; shorter videos are skipped and counted, never padded."""
+    num_real: int = 2048
+    """Real clips in the reference statistics."""
+    num_fake: int = 2048
+    """Generated clips."""
+    resolution: int = 224
+    """Frames are resized to ``resolution x resolution`` inside the extractor."""
+    real_offset: Offset = "random"
+    """Where a real clip starts in its video: uniformly at random, or at frame 0."""
+    fake_offset: Offset = "start"
+    """Where a generated clip starts (``fvd2048_16f``: frame 0)."""
+    seed: int = 0
+    """Seed of the random real-clip offsets."""
+
+    def __post_init__(self) -> None:
+        self._check_literals()
+        for name in ("num_frames", "num_real", "num_fake", "resolution"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"FVDProtocol.{name}={value!r}: must be an integer >= 1")
+        if self.num_frames < 9:
+            # The Logits pooling of I3D needs two time steps after the /8 temporal stride.
+            raise ValueError(f"FVDProtocol.num_frames={self.num_frames}: I3D needs >= 9")
+        if self.resolution < 32:
+            raise ValueError(f"FVDProtocol.resolution={self.resolution}: must be >= 32")
+
+    def hash(self) -> str:
+        """16 hex digits of the sha256 of the canonical JSON of every field."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def is_standard(self, num_real: int, num_fake: int) -> bool:
+        """Whether a result used at least the protocol's sample counts."""
+        return num_real >= self.num_real and num_fake >= self.num_fake
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(ConfigMixin):
+    """One evaluation run: detector, protocol, metrics and where cached statistics live."""
+
+    detector: str = DEFAULT_I3D_PATH
+    """I3D weights: ``flowception assets i3d`` output or a TorchScript detector; path or s3://."""
+    detector_sha256: str | None = None
+    """Expected sha256 of ``detector``; default: the one in its ``.json`` sidecar."""
+    protocol: FVDProtocol = field(default_factory=FVDProtocol)
+    """The FVD protocol."""
+    reference_cache: str | None = None
+    """Directory / URI prefix for cached reference statistics (npz); None = no cache."""
+    metrics: tuple[MetricName, ...] = ALL_METRICS
+    """Metrics to compute."""
+    batch_size: int = 8
+    """Clips per I3D forward pass."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device of the extractor; ``auto`` = CUDA when available."""
+    subject_endpoint: str = "Mixed_5c"
+    """I3D endpoint whose per-frame features give subject consistency."""
+    vbench_weights: dict[str, str] = field(default_factory=dict)
+    """User weight paths of weight-needing VBench dimensions (``eval.metrics.WEIGHTED_DIMENSIONS``)."""
+
+    def __post_init__(self) -> None:
+        self._check_literals()
+        if isinstance(self.protocol, dict):
+            object.__setattr__(self, "protocol", FVDProtocol.from_dict(self.protocol))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        bad = [m for m in self.metrics if m not in ALL_METRICS]
+        if bad or not self.metrics:
+            raise ValueError(
+                f"EvalConfig.metrics={self.metrics!r}: expected a non-empty subset of {ALL_METRICS}"
+            )
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"EvalConfig.batch_size={self.batch_size!r}: must be an integer >= 1")
+        if not self.detector:
+            raise ValueError(f"EvalConfig.detector={self.detector!r}: must be a path or URI")
+        if self.detector_sha256 is not None and (
+            len(self.detector_sha256) != 64
+            or any(c not in "0123456789abcdef" for c in self.detector_sha256.lower())
+        ):
+            raise ValueError(
+                f"EvalConfig.detector_sha256={self.detector_sha256!r}: expected 64 hex digits"
+            )
+        from flowception.eval.i3d import ENDPOINTS
+
+        if self.subject_endpoint not in ENDPOINTS[:-1]:
+            raise ValueError(
+                f"EvalConfig.subject_endpoint={self.subject_endpoint!r}: "
+                f"expected one of {list(ENDPOINTS[:-1])}"
+            )
+        from flowception.eval.metrics import WEIGHTED_DIMENSIONS
+
+        unknown = sorted(set(self.vbench_weights) - set(WEIGHTED_DIMENSIONS))
+        if unknown:
+            raise ValueError(
+                f"EvalConfig.vbench_weights: unknown dimension(s) {unknown}; "
+                f"known: {sorted(WEIGHTED_DIMENSIONS)}"
+            )

@@ -1,0 +1,1 @@
+"""Flowception method: pure PyTorch (no Ray, DeepSpeed, S3 or MLflow imports here)."""

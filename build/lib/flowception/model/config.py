@@ -1,0 +1,303 @@
+"""Typed, frozen, validated configuration of the network and of the method.
+
+``ModelConfig`` describes the DiT backbone (spec section 7), ``MethodConfig`` the
+training law and sampler (spec sections 3-10). Both round-trip through
+``to_dict()`` / ``from_dict()`` (MLflow params, Ray ``train_loop_config``) and
+reject unknown keys and invalid values with a ``ValueError`` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+Method = Literal["flowception", "full_sequence", "autoregressive"]
+Task = Literal["unconditional", "image_to_video", "interpolation", "continuation"]
+AttentionBackend = Literal["auto", "flash", "sdpa", "cpu", "dense"]
+
+
+class ConfigMixin:
+    """``to_dict`` / ``from_dict`` and ``Literal`` checks shared by every config dataclass."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists), suitable for YAML / JSON / MLflow."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, ConfigMixin):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+        """Build from a dict; unknown keys and mistyped numbers are an error naming them."""
+        data = dict(data or {})
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
+        hints = get_type_hints(cls)
+        kwargs = {}
+        for key, value in coerce_numbers(cls, data).items():
+            hint = hints[key]
+            if isinstance(hint, type) and issubclass(hint, ConfigMixin):
+                value = hint.from_dict(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def _check_literals(self) -> None:
+        for name, hint in get_type_hints(type(self)).items():
+            if get_origin(hint) is Literal and getattr(self, name) not in get_args(hint):
+                raise ValueError(
+                    f"{type(self).__name__}.{name}={getattr(self, name)!r}: "
+                    f"expected one of {list(get_args(hint))}"
+                )
+
+
+def coerce_numbers(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Numbers YAML read as strings (``3e-4``) become floats, integral floats ints.
+
+    Works on any dataclass (``pipelines.config.DataConfig`` too); a value of the
+    wrong type is a ``ValueError`` naming ``Class.key``.
+    """
+    hints = get_type_hints(cls)
+    out = dict(data)
+    for key, value in data.items():
+        hint = hints.get(key)
+        if hint is None or value is None or isinstance(value, bool) or get_origin(hint) is Literal:
+            continue
+        accepts = set(get_args(hint)) | {hint}
+        if float in accepts and isinstance(value, (str, int)):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"{cls.__name__}.{key}={value!r}: expected a number") from None
+        elif int in accepts and float not in accepts and isinstance(value, (str, float)):
+            if isinstance(value, float) and value.is_integer():
+                out[key] = int(value)
+            else:
+                raise ValueError(f"{cls.__name__}.{key}={value!r}: expected an integer")
+    return out
+
+
+def _positive(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not value > 0:
+            raise ValueError(f"{type(obj).__name__}.{name}={value!r}: must be > 0")
+
+
+# --------------------------------------------------------------------------- #
+#                                   Model                                     #
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(ConfigMixin):
+    """The DiT backbone with per-frame conditioning (spec section 7)."""
+
+    in_channels: int = 1
+    """Channels ``C`` of one frame (pixels or latents); the input has ``2C`` (context stream)."""
+    frame_size: tuple[int, int] = (32, 32)
+    """``(H, W)`` of one frame; must be divisible by ``patch_size``."""
+    patch_size: int = 4
+    """Spatial patch size ``p``."""
+    width: int = 64
+    """Transformer width ``D``."""
+    depth: int = 2
+    """Number of transformer blocks."""
+    heads: int = 2
+    """Attention heads; ``D / heads`` must be even and split across 3 rotary axes."""
+    mlp_ratio: float = 4.0
+    """Hidden size of the MLP relative to ``D``."""
+    num_classes: int = 0
+    """Class-conditional when > 0 (labels in ``[0, num_classes)``); a learned null embedding is added."""
+    rate_head: Literal["exp", "softplus"] = "exp"
+    """Positive map of the rate head's output ``l`` (spec E16)."""
+    attention_backend: AttentionBackend = "auto"
+    """``auto``: flash-attn varlen on CUDA if installed, else SDPA; exact per-segment SDPA on CPU."""
+    attention: Literal["bidirectional", "causal"] = "bidirectional"
+    """Frame-level attention pattern within a video (``causal`` for the AR baseline)."""
+    window: int | None = None
+    """Local attention: a frame attends to frames whose visible rank differs by at most this."""
+    qk_norm: bool = True
+    """RMS-normalise queries and keys (stabilises training)."""
+    rope_theta: float = 10000.0
+    """Base of the rotary embedding frequencies."""
+
+    def __post_init__(self) -> None:
+        self._check_literals()
+        _positive(self, "in_channels", "patch_size", "width", "depth", "heads", "mlp_ratio")
+        if len(self.frame_size) != 2 or any(int(s) <= 0 for s in self.frame_size):
+            raise ValueError(f"ModelConfig.frame_size={self.frame_size!r}: expected (H, W) > 0")
+        object.__setattr__(self, "frame_size", tuple(int(s) for s in self.frame_size))
+        h, w = self.frame_size
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f"ModelConfig.frame_size={self.frame_size!r}: not divisible by "
+                f"patch_size={self.patch_size}"
+            )
+        if self.width % self.heads:
+            raise ValueError(f"ModelConfig.width={self.width}: not divisible by heads={self.heads}")
+        if (self.width // self.heads) % 2:
+            raise ValueError(
+                f"ModelConfig.heads={self.heads}: head dim {self.width // self.heads} must be even"
+            )
+        if self.num_classes < 0:
+            raise ValueError(f"ModelConfig.num_classes={self.num_classes}: must be >= 0")
+        if self.window is not None and self.window < 0:
+            raise ValueError(f"ModelConfig.window={self.window}: must be >= 0 or None")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """``N``: patch tokens plus the rate token."""
+        h, w = self.frame_size
+        return (h // self.patch_size) * (w // self.patch_size) + 1
+
+
+# Size registry, named after width (spec section 7); "xl-1536" is the paper's main model.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(depth=2, width=32, heads=2),
+    "s-64": dict(depth=4, width=64, heads=4),
+    "s-128": dict(depth=6, width=128, heads=4),
+    "b-384": dict(depth=12, width=384, heads=6),
+    "l-768": dict(depth=24, width=768, heads=12),
+    "xl-1152": dict(depth=28, width=1152, heads=16),
+    "xl-1536": dict(depth=38, width=1536, heads=24),
+}
+
+
+def model_config(size: str, **overrides: Any) -> ModelConfig:
+    """A ``ModelConfig`` from the size registry, with field overrides."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"model size {size!r}: expected one of {sorted(MODEL_SIZES)}")
+    return ModelConfig(**{**MODEL_SIZES[size], **overrides})
+
+
+# --------------------------------------------------------------------------- #
+#                                   Method                                    #
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig(ConfigMixin):
+    """Training law and sampler of Flowception and of the two baselines (spec sections 3-10)."""
+
+    method: Method = "flowception"
+    """``flowception``, or a baseline on the same backbone (spec section 10)."""
+    task: Task = "unconditional"
+    """Which frames are context frames in training and sampling (spec section 10)."""
+    n_start: int = 2
+    """Start frames ``n_s`` (spec section 4 step 1); 0 only with context frames."""
+    tau_g_law: Literal["bounded", "bounded_logit_normal", "uniform02"] = "bounded"
+    """Global time law: E8 (default, the official code's) or E9 (the paper's ``U[0, 2]``)."""
+    time_shift: float = 1.0
+    """``s`` of the time warp E3; 1 = off."""
+    context_noise: float = 0.1
+    """Context frames are ``(1 - c) x1 + c eps`` in training (spec section 4 step 6)."""
+    interp_context_prob: float = 0.1
+    """Interpolation training: probability that an inner frame is a keyframe."""
+    uncond_prob: float = 0.0
+    """With context tasks: probability that a training video has no context frames, so the
+    same network also learns unconditional generation (0 = the spec's pure task)."""
+    continuation_frames: int = 2
+    """Continuation: the first ``c`` frames are context."""
+    w_ins: float = 1.0
+    """Weight of the insertion loss (spec E15)."""
+    cond_drop_prob: float = 0.1
+    """Training drops the condition (and i2v context stream) with this probability (spec 9)."""
+    # -- sampling --
+    num_steps: int = 50
+    """``K = 1/h``: sampler steps per unit of time."""
+    max_frames: int = 32
+    """Length cap of sampled videos (spec section 8 step 7)."""
+    num_frames: int = 16
+    """Length generated by the fixed-length baselines."""
+    insertion: Literal["bernoulli", "poisson"] = "bernoulli"
+    """Insertion probability: E19 clipped rate, or its Poisson variant."""
+    insertion_rule: Literal["learned", "left_to_right", "hierarchical", "random"] = "learned"
+    """Learned rates (E19) or a prescribed order (E25)."""
+    cfg_scale: float = 1.0
+    """Classifier-free guidance on velocity (E20); 1 = off."""
+    insertion_guidance: float = 1.0
+    """Geometric insertion guidance ``s_ins`` (E21); 1 = off."""
+
+    def __post_init__(self) -> None:
+        self._check_literals()
+        _positive(self, "num_steps", "max_frames", "num_frames", "time_shift")
+        if self.n_start < 0:
+            raise ValueError(f"MethodConfig.n_start={self.n_start}: must be >= 0")
+        if self.n_start == 0 and self.task in ("unconditional",) and self.method == "flowception":
+            raise ValueError(
+                "MethodConfig.n_start=0: allowed only with context frames (task != unconditional)"
+            )
+        for name in ("context_noise", "interp_context_prob", "cond_drop_prob", "uncond_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"MethodConfig.{name}={value!r}: must be in [0, 1]")
+        if self.uncond_prob > 0 and self.n_start < 1:
+            raise ValueError(
+                f"MethodConfig.uncond_prob={self.uncond_prob}: needs n_start >= 1 "
+                "(videos without context start from noise frames)"
+            )
+        if self.w_ins < 0:
+            raise ValueError(f"MethodConfig.w_ins={self.w_ins}: must be >= 0")
+        if self.continuation_frames < 1:
+            raise ValueError(
+                f"MethodConfig.continuation_frames={self.continuation_frames}: must be >= 1"
+            )
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``a.b.c=value`` strings (values parsed as YAML) in a copy of a nested dict.
+
+    Key validation is left to the config's ``from_dict``, which rejects unknown keys
+    by name at every level.
+
+    Raises:
+        ValueError: an override without ``=`` or with an empty key part.
+    """
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"override {item!r}: expected key.path=value")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(raw, yaml)
+    return out
+
+
+_EXPONENT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")  # 1e-3: a string to YAML 1.1
+
+
+def _parse_value(raw: str, yaml) -> Any:
+    """YAML scalar, plus what YAML 1.1 leaves as strings: ``1e-3`` and ``none``."""
+    if raw.strip().lower() in ("", "none", "null"):
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _EXPONENT.match(raw.strip()):
+        return float(value)
+    return value

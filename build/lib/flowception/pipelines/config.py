@@ -1,0 +1,146 @@
+"""Typed, frozen, validated configuration of the data path.
+
+``DataConfig`` says where the shards are (a local directory or an ``s3://`` prefix),
+how a clip is cut from each video (length, stride, start), the frame size and
+channels, the frame budget of a training batch, the seed, and how Ray Data runs the
+decode. ``cluster/`` composes it into its config tree; it round-trips through
+``to_dict()`` / ``from_dict()`` and rejects unknown keys and bad values with a
+``ValueError`` naming the field.
+
+S3 credentials never appear here: they come from the environment
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` or an AWS
+profile), as s3fs reads them. The endpoint may come from the config or from
+``FLOWCEPTION_S3_ENDPOINT`` / ``AWS_ENDPOINT_URL``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+ClipStart = Literal["random", "first"]
+Encoder = Literal["none", "identity", "vae"]
+ENDPOINT_ENV = ("FLOWCEPTION_S3_ENDPOINT", "AWS_ENDPOINT_URL")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the shards are and how clips become training batches."""
+
+    shards: str = "data/moving_mnist/train"
+    """Local directory or ``s3://bucket/prefix`` holding the ``*.tar`` shards (and ``index.json``)."""
+    num_frames: int = 16
+    """Maximum frames per clip; longer videos are cut, shorter ones keep their length."""
+    min_frames: int = 2
+    """Clips with fewer frames than this (after the stride) are skipped as ``too_short``."""
+    frame_stride: int = 1
+    """Temporal stride: keep every ``frame_stride``-th frame of the source video."""
+    clip_start: ClipStart = "random"
+    """``random``: a seeded start offset per (seed, epoch, key); ``first``: always frame 0."""
+    size: int = 64
+    """Frame height = width ``H = W`` after a centre crop to square and a resize."""
+    channels: Literal[1, 3] = 1
+    """``1``: grayscale (Moving MNIST; stored as 3-channel MP4, reduced on read); ``3``: RGB."""
+    frame_budget: int = 256
+    """Upper bound on the sum of clip lengths in one batch (videos of mixed lengths)."""
+    max_batch_size: int = 64
+    """Upper bound on the number of videos ``B`` in one batch."""
+    seed: int = 0
+    """Seed of the shard order, the sample order within a shard and the clip starts."""
+    shuffle: bool = True
+    """Permute shards and samples within a shard per (seed, epoch); ``False`` keeps index order."""
+    epochs: int = 1
+    """Passes over the shards covered by one dataset stream (each with its own order)."""
+    decode_workers: int = 2
+    """Maximum concurrent read+decode tasks in Ray Data."""
+    decode_threads: int = 1
+    """FFmpeg threads per decode (1 is best when many decodes run in parallel)."""
+    s3_endpoint_url: str | None = None
+    """S3 endpoint (MinIO, moto, ...); ``None``: ``FLOWCEPTION_S3_ENDPOINT`` or ``AWS_ENDPOINT_URL`` or AWS."""
+    s3_region: str | None = None
+    """S3 region; ``None``: ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` or the SDK default."""
+    s3_anon: bool = False
+    """Anonymous S3 access (public buckets); credentials otherwise come from the environment."""
+    storage_retries: int = 3
+    """Attempts for one storage read or write on transient errors (see ``shards.with_retries``)."""
+    encoder: Encoder = "none"
+    """Optional latent stage: ``none``; ``identity`` (CPU, for tests); ``vae`` (GPU, ``[vae]`` extra)."""
+    encoder_path: str | None = None
+    """Path or hub-free local directory of the VAE weights when ``encoder == "vae"``."""
+
+    def __post_init__(self) -> None:
+        for name, hint in get_type_hints(type(self)).items():
+            if get_origin(hint) is Literal and getattr(self, name) not in get_args(hint):
+                raise ValueError(
+                    f"DataConfig.{name}={getattr(self, name)!r}: expected one of {list(get_args(hint))}"
+                )
+        if not isinstance(self.shards, str) or not self.shards:
+            raise ValueError(
+                f"DataConfig.shards={self.shards!r}: expected a directory or s3:// URI"
+            )
+        for name in (
+            "num_frames",
+            "min_frames",
+            "frame_stride",
+            "size",
+            "frame_budget",
+            "max_batch_size",
+            "epochs",
+            "decode_workers",
+            "decode_threads",
+            "storage_retries",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"DataConfig.{name}={value!r}: expected an int > 0")
+        if self.min_frames > self.num_frames:
+            raise ValueError(
+                f"DataConfig.min_frames={self.min_frames!r}: larger than num_frames={self.num_frames}"
+            )
+        if self.frame_budget < self.num_frames:
+            raise ValueError(
+                f"DataConfig.frame_budget={self.frame_budget!r}: smaller than num_frames="
+                f"{self.num_frames}, a full-length clip would never fit"
+            )
+        if self.size % 2:
+            raise ValueError(f"DataConfig.size={self.size!r}: must be even (yuv420p frames)")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"DataConfig.seed={self.seed!r}: expected an int >= 0")
+        if self.encoder == "vae" and not self.encoder_path:
+            raise ValueError("DataConfig.encoder_path=None: required when encoder='vae'")
+
+    # ------------------------------------------------------------------ #
+
+    @property
+    def is_s3(self) -> bool:
+        """Whether ``shards`` is an ``s3://`` URI."""
+        return self.shards.startswith("s3://")
+
+    def endpoint_url(self) -> str | None:
+        """The S3 endpoint: the config's, else the first set of ``ENDPOINT_ENV``, else ``None``."""
+        if self.s3_endpoint_url:
+            return self.s3_endpoint_url
+        for var in ENDPOINT_ENV:
+            if os.environ.get(var):
+                return os.environ[var]
+        return None
+
+    def replace(self, **changes: Any) -> DataConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, suitable for YAML / JSON / MLflow params."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> DataConfig:
+        """Build from a dict; unknown keys are a ``ValueError`` naming them."""
+        data = dict(data or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"DataConfig: unknown key(s) {unknown}; known: {sorted(names)}")
+        return cls(**data)
