@@ -1,1 +1,0 @@
-"""Training on Ray Train with DeepSpeed ZeRO, checkpoints, MLflow tracking, job submission."""

@@ -1,1 +1,0 @@
-"""Flowception method: pure PyTorch (no Ray, DeepSpeed, S3 or MLflow imports here)."""
