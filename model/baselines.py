@@ -48,6 +48,7 @@ def full_sequence_times(
         tau_g=tv, delay=zeros, tau=t.clone(), t=t, valid=valid, is_context=ctx,
         is_start=valid & ~ctx, visible=valid, k=zeros.long(),
         velocity_mask=valid & ~ctx, rate_mask=torch.zeros_like(valid),
+        loss_weight=torch.ones(b, device=dev),
     )  # fmt: skip
 
 
@@ -73,6 +74,7 @@ def autoregressive_times(
         tau_g=tv, delay=zeros, tau=t.clone(), t=t, valid=valid, is_context=ctx,
         is_start=current, visible=visible, k=zeros.long(),
         velocity_mask=current, rate_mask=torch.zeros_like(valid),
+        loss_weight=torch.ones(b, device=dev),
     )  # fmt: skip
 
 

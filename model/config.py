@@ -204,6 +204,9 @@ class MethodConfig(ConfigMixin):
     """Start frames ``n_s`` (spec section 4 step 1); 0 only with context frames."""
     tau_g_law: Literal["bounded", "bounded_logit_normal", "uniform02"] = "bounded"
     """Global time law: E8 (default, the official code's) or E9 (the paper's ``U[0, 2]``)."""
+    tau_g_weighting: bool = True
+    """E8w: weight each video's loss terms by ``tau_max / mean(tau_max)`` so the weighted law at
+    fixed ``tau_g`` is exactly E4-E7's (short videos); ignored for ``bounded_logit_normal``."""
     time_shift: float = 1.0
     """``s`` of the time warp E3; 1 = off."""
     context_noise: float = 0.1

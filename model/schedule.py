@@ -36,6 +36,7 @@ class TrainingTimes:
     k: Tensor  # int64, missing frames right of each visible frame (E10); 0 elsewhere
     velocity_mask: Tensor  # bool, E11
     rate_mask: Tensor  # bool, E12
+    loss_weight: Tensor  # [B] float, E8w: tau_max / mean(tau_max), ones when off
 
 
 def context_mask(
@@ -92,7 +93,8 @@ def sample_training_times(
     Args:
         lengths: ``[B]`` int, valid frames per video (``1 <= L <= F``).
         num_slots: ``F``, frame slots of the padded batch.
-        method: the method config (``n_start``, ``tau_g_law``, ``time_shift``, ``task``).
+        method: the method config (``n_start``, ``tau_g_law``, ``tau_g_weighting``,
+            ``time_shift``, ``task``).
         generator: the only source of randomness.
         is_context: optional ``[B, F]`` bool overriding the task's context frames.
 
@@ -156,13 +158,20 @@ def sample_training_times(
         fallback = d_j + torch.rand(b, generator=generator, device=dev) * (1.0 - _EPS_END)
         tau_g = torch.where(ok, tau_g, fallback)
 
-    # [4] per-frame times, visibility (E5-E7)
+    # [4] per-video loss weights (E8w): importance weight from E8's (or E9 with rejection)
+    # density 1 / tau_max of tau_g back to the untilted law
+    if method.tau_g_weighting and method.tau_g_law != "bounded_logit_normal":
+        loss_weight = tau_max / tau_max.mean()  # (B,)
+    else:
+        loss_weight = torch.ones_like(tau_max)
+
+    # [5] per-frame times, visibility (E5-E7)
     tau = tau_g[:, None] - delay  # (B, F)
     t = warp_time(tau.clamp(0.0, 1.0), method.time_shift)
     t = torch.where(ctx, torch.ones_like(t), t)
     visible = valid & ((tau >= 0) | ctx)
 
-    # [5] insertion targets and masks (E10-E12)
+    # [6] insertion targets and masks (E10-E12)
     k = insertion_targets(valid, visible)
     velocity_mask = visible & (tau >= 0) & (tau < 1) & ~ctx
     rate_mask = visible & (tau < 1)
@@ -178,6 +187,7 @@ def sample_training_times(
         k=k,
         velocity_mask=velocity_mask,
         rate_mask=rate_mask,
+        loss_weight=loss_weight,
     )
 
 

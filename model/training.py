@@ -94,21 +94,65 @@ def training_step(
         labels = torch.where(drop, torch.full_like(labels, -1), labels.to(x1.device))
     out = net(pack(xt, index), pack(t, index), index.cu_seqlens, is_context=is_ctx, labels=labels)
 
-    # [4] losses (E13-E15)
+    # [4] losses (E13-E15), each frame weighted by its video's E8w weight
     vmask = pack(times.velocity_mask.to(x1.device), index)
     rmask = pack(times.rate_mask.to(x1.device), index)
-    l_vel = velocity_loss(out.velocity, pack(u, index), vmask)
+    weight = times.loss_weight.to(x1.device)[index.video]  # (n,)
+    l_vel = velocity_loss(out.velocity, pack(u, index), vmask, weight)
+    k = pack(times.k.to(x1.device), index)
     if method.method == "flowception":
-        l_ins = poisson_nll(out.rate_logit, pack(times.k.to(x1.device), index), rmask, rate_head)
+        l_ins = poisson_nll(out.rate_logit, k, rmask, rate_head, weight=weight)
     else:
         l_ins = torch.zeros((), device=x1.device)
     loss = combine(l_vel, l_ins, method.w_ins if method.method == "flowception" else 0.0)
     return StepOutput(
         loss=loss,
-        stats=_stats(times, index, out.rate.detach(), vmask, rmask),
+        stats={
+            **_stats(times, index, out.rate.detach(), vmask, rmask),
+            **rate_calibration_sums(
+                out.rate.detach(), k, rmask, weight, _task_masks(times, index, method)
+            ),
+        },
         times=times,
         index=index,
     )
+
+
+def _task_masks(times: TrainingTimes, index: Packed, method: MethodConfig) -> dict[str, Tensor]:
+    """``[n]`` bool per task: a video is ``method.task`` when it has context frames, else
+    ``unconditional`` (``method.uncond_prob`` mixes both into one batch)."""
+    has_ctx = times.is_context.any(1).to(index.video.device)[index.video]  # (n,)
+    if method.task == "unconditional":
+        return {"unconditional": torch.ones_like(has_ctx)}
+    return {method.task: has_ctx, "unconditional": ~has_ctx}
+
+
+@torch.no_grad()
+def rate_calibration_sums(
+    rate: Tensor, k: Tensor, rate_mask: Tensor, weight: Tensor, tasks: dict[str, Tensor]
+) -> dict[str, float]:
+    """Sums behind ``diag/rate_calibration`` = sum lambda / sum k over rate-masked frames,
+    per task; each frame counts with its E8w weight, the weighting under which E14's
+    optimum is ``lambda = E[k]``, so a calibrated head gives 1.
+
+    Args:
+        rate: ``[n]`` predicted ``lambda``.
+        k: ``[n]`` insertion targets (E10).
+        rate_mask: ``[n]`` bool, E12.
+        weight: ``[n]`` E8w weights of the frames' videos.
+        tasks: ``[n]`` bool mask per task name.
+
+    Returns:
+        ``rate_lambda_sum/<task>`` and ``rate_k_sum/<task>`` for each task with rate frames.
+    """
+    m = rate_mask.float() * weight.float()  # (n,)
+    out: dict[str, float] = {}
+    for task, sel in tasks.items():
+        ms = m * sel.float()
+        if float(ms.sum()) > 0:
+            out[f"rate_lambda_sum/{task}"] = float((rate.float() * ms).sum())
+            out[f"rate_k_sum/{task}"] = float((k.float() * ms).sum())
+    return out
 
 
 @torch.no_grad()

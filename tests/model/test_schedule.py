@@ -1,4 +1,4 @@
-"""Spec oracles 2 and 3: the training sampler per draw and in law."""
+"""Spec oracles 2 and 3: the training sampler per draw and in law (E4-E12, E8w)."""
 
 import pytest
 import torch
@@ -13,6 +13,9 @@ def _draw(lengths, f, seed=0, **kw):
     return sample_training_times(torch.tensor(lengths), f, MethodConfig(**kw), g)
 
 
+_N_START = {"unconditional": 1, "image_to_video": 2, "interpolation": 0, "continuation": 2}
+
+
 @pytest.mark.parametrize(
     "task", ["unconditional", "image_to_video", "interpolation", "continuation"]
 )
@@ -20,9 +23,7 @@ def _draw(lengths, f, seed=0, **kw):
 def test_per_draw_invariants(task, law):
     lengths = [12, 3, 7, 12, 5, 9] * 20
     for seed in range(5):
-        s = _draw(
-            lengths, 12, seed, task=task, tau_g_law=law, n_start=1 if task == "unconditional" else 2
-        )
+        s = _draw(lengths, 12, seed, task=task, tau_g_law=law, n_start=_N_START[task])
         L = torch.tensor(lengths)
         assert not bool((s.visible & ~s.valid).any()), "padding visible"
         assert bool(s.visible[:, 0].all()), "frame 0 not visible"
@@ -46,17 +47,55 @@ def test_insertion_targets_by_hand():
     assert insertion_targets(valid, visible).tolist() == [[5, 0, 0, 0, 0, 0, 0, 0]]
 
 
-def test_delays_uniform_and_visibility_in_law():
+def test_delays_uniform_in_law():
     s = _draw([16] * 4000, 16, 1, n_start=2)
     d = s.delay[s.valid & ~s.is_start]
     assert stats.kstest(d.numpy(), "uniform").pvalue > 0.01
-    # at a fixed tau_g <= 1 a non-start frame is visible with probability tau_g
+
+
+def _visible_fraction_at(s, tau_g: float, half: float = 0.02) -> tuple[float, float]:
+    """E8w-weighted fraction of non-start frames that the sampler made visible, over the
+    draws whose *drawn* ``tau_g`` is within ``half`` of ``tau_g``; and its standard error
+    (ratio estimator, videos as the independent units)."""
+    sel = (s.tau_g - tau_g).abs() < half
+    w = s.loss_weight.double()[sel]
+    nonstart = (s.valid & ~s.is_start & ~s.is_context)[sel]
+    v = (s.visible[sel] & nonstart).sum(1).double()
+    c = nonstart.sum(1).double()
+    p = (w * v).sum() / (w * c).sum()
+    se = ((w * (v - p * c)) ** 2).sum().sqrt() / (w * c).sum()
+    return float(p), float(se)
+
+
+@pytest.mark.parametrize("law", ["bounded", "uniform02"])
+@pytest.mark.parametrize(("length", "videos"), [(3, 200_000), (16, 40_000), (32, 40_000)])
+def test_weighted_visibility_at_drawn_tau_g_is_tau_g(length, videos, law):
+    """Oracle 3 with E8w: at a fixed drawn tau_g <= 1 the weighted fraction of visible
+    non-start frames is tau_g, for short videos too (L = 3, n_s = 2: 0.58 unweighted)."""
+    s = _draw([length] * videos, length, 7, n_start=2, tau_g_law=law)
     for tg in (0.2, 0.5, 0.8):
-        nonstart = s.valid & ~s.is_start
-        vis = (tg - s.delay)[nonstart] >= 0
-        p = vis.float().mean()
-        se = (tg * (1 - tg) / vis.numel()) ** 0.5
-        assert abs(float(p) - tg) < 3 * se
+        p, se = _visible_fraction_at(s, tg)
+        assert abs(p - tg) < 3 * se + 2e-3, (tg, p, se)
+
+
+def test_unweighted_law_is_tilted_for_short_videos():
+    """Without E8w the law at fixed tau_g is tilted (spec 4.4: 0.59 at L = 3, tau_g = 0.5),
+    which is what the weights remove; the weights are then all ones."""
+    s = _draw([3] * 200_000, 3, 7, n_start=2, tau_g_weighting=False)
+    assert bool((s.loss_weight == 1).all())
+    p, se = _visible_fraction_at(s, 0.5)
+    assert abs(p - 0.585) < 3 * se + 2e-3  # ln(1.5) / ln(2)
+
+
+def test_loss_weight_is_tau_max_over_batch_mean():
+    """E8w: w_b = tau_max_b / mean_b' tau_max_b'; off for the logit-normal law."""
+    s = _draw([3, 8, 5, 12] * 50, 12, 3, n_start=2)
+    cand = s.valid & ~s.is_context
+    tau_max = s.delay.masked_fill(~cand, 0).amax(1) + 1 - 1e-3
+    torch.testing.assert_close(s.loss_weight, tau_max / tau_max.mean())
+    assert s.loss_weight.shape == (200,)
+    for kw in (dict(tau_g_law="bounded_logit_normal"), dict(tau_g_weighting=False)):
+        assert bool((_draw([3, 8] * 10, 8, 3, **kw).loss_weight == 1).all())
 
 
 def test_global_time_laws_mean():
@@ -80,7 +119,7 @@ def test_global_time_laws_mean():
 
 def test_short_videos_for_task_are_an_error():
     with pytest.raises(ValueError, match="interpolation"):
-        _draw([2, 5], 5, task="interpolation")
+        _draw([2, 5], 5, task="interpolation", n_start=0)
     with pytest.raises(ValueError, match="lengths"):
         _draw([6], 5)
 
