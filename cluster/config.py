@@ -9,28 +9,24 @@ are a ``ValueError`` naming the key and the value, raised before Ray is touched.
     cfg = load_config("configs/demo-cpu.yaml", ["optim.lr=1e-3", "cluster.num_workers=2"])
     TrainConfig.from_dict(cfg.to_dict()) == cfg   # Ray train_loop_config, MLflow params
     cfg.hash()                                    # 12 hex chars, the run's identity
+
+Every section is a ``flowception.config.Config`` (pydantic v2, frozen, unknown keys
+rejected): the one config system, shared with ``model``, ``pipelines`` and ``eval``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
+from pydantic import Field, model_validator
 
-from flowception.model.config import (
-    ConfigMixin,
-    MethodConfig,
-    ModelConfig,
-    coerce_numbers,
-    model_config,
-)
-from flowception.model.config import apply_overrides as _apply_overrides
+from flowception.config import Config, load
+from flowception.model.config import MethodConfig, ModelConfig, model_config
 from flowception.pipelines.config import DataConfig
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def _require(ok: bool, section: object, name: str, why: str) -> None:
@@ -43,8 +39,7 @@ def _require(ok: bool, section: object, name: str, why: str) -> None:
 # --------------------------------------------------------------------------- #
 
 
-@dataclass(frozen=True, kw_only=True)
-class OptimConfig(ConfigMixin):
+class OptimConfig(Config):
     """AdamW, the learning-rate schedule, gradient clipping and EMA."""
 
     lr: float = 3e-4
@@ -68,8 +63,8 @@ class OptimConfig(ConfigMixin):
     ema_decay: float = 0.999
     """EMA decay of the weights used for sampling and export."""
 
-    def __post_init__(self) -> None:
-        self._check_literals()
+    @model_validator(mode="after")
+    def _check(self):
         _require(self.lr > 0, self, "lr", "must be > 0")
         _require(len(self.betas) == 2, self, "betas", "expected two values")
         _require(all(0 <= b < 1 for b in self.betas), self, "betas", "must be in [0, 1)")
@@ -80,11 +75,10 @@ class OptimConfig(ConfigMixin):
         _require(self.grad_clip >= 0, self, "grad_clip", "must be >= 0")
         _require(self.grad_accum_steps >= 1, self, "grad_accum_steps", "must be >= 1")
         _require(0 <= self.ema_decay < 1, self, "ema_decay", "must be in [0, 1)")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        return self
 
 
-@dataclass(frozen=True, kw_only=True)
-class DeepSpeedConfig(ConfigMixin):
+class DeepSpeedConfig(Config):
     """What goes into the DeepSpeed JSON (built by ``cluster.deepspeed_config``)."""
 
     zero_stage: Literal[0, 1, 2, 3] = 2
@@ -100,8 +94,8 @@ class DeepSpeedConfig(ConfigMixin):
     steps_per_print: int = 1_000_000
     """DeepSpeed's own log interval (we log through MLflow instead)."""
 
-    def __post_init__(self) -> None:
-        self._check_literals()
+    @model_validator(mode="after")
+    def _check(self):
         _require(self.bucket_size > 0, self, "bucket_size", "must be > 0")
         _require(
             not self.offload_optimizer or self.zero_stage >= 1,
@@ -109,10 +103,10 @@ class DeepSpeedConfig(ConfigMixin):
             "offload_optimizer",
             "needs zero_stage >= 1",
         )
+        return self
 
 
-@dataclass(frozen=True, kw_only=True)
-class CheckpointConfig(ConfigMixin):
+class CheckpointConfig(Config):
     """When checkpoints are written and where a run resumes from."""
 
     every_steps: int = 1000
@@ -124,13 +118,14 @@ class CheckpointConfig(ConfigMixin):
     export: bool = True
     """Write ``export/`` (fp32 ``model.safetensors`` + EMA + ``config.yaml``) at the end."""
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self):
         _require(self.every_steps >= 1, self, "every_steps", "must be >= 1")
         _require(self.keep is None or self.keep >= 1, self, "keep", "must be >= 1 or None")
+        return self
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrackingConfig(ConfigMixin):
+class TrackingConfig(Config):
     """MLflow tracking, done by rank 0 only."""
 
     enabled: bool = True
@@ -154,16 +149,16 @@ class TrackingConfig(ConfigMixin):
     max_buffered: int = 10_000
     """Metric rows kept while the server is unreachable (oldest dropped beyond this)."""
 
-    def __post_init__(self) -> None:
-        self._check_literals()
+    @model_validator(mode="after")
+    def _check(self):
         _require(self.log_every >= 1, self, "log_every", "must be >= 1")
         _require(self.sample_every >= 0, self, "sample_every", "must be >= 0")
         _require(self.num_samples >= 1, self, "num_samples", "must be >= 1")
         _require(self.max_buffered >= 1, self, "max_buffered", "must be >= 1")
+        return self
 
 
-@dataclass(frozen=True, kw_only=True)
-class ClusterConfig(ConfigMixin):
+class ClusterConfig(Config):
     """Ray Train scaling, storage and fault tolerance."""
 
     num_workers: int = 2
@@ -183,12 +178,18 @@ class ClusterConfig(ConfigMixin):
     timeout_s: int = 1800
     """torch.distributed process-group timeout."""
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self):
         _require(self.num_workers >= 1, self, "num_workers", "must be >= 1")
         _require(self.cpus_per_worker > 0, self, "cpus_per_worker", "must be > 0")
         _require(bool(self.storage_path), self, "storage_path", "must be set")
         _require(self.max_failures >= -1, self, "max_failures", "must be >= -1 (-1 = forever)")
         _require(self.timeout_s > 0, self, "timeout_s", "must be > 0")
+        _require(
+            self.name is None or (_NAME.fullmatch(self.name) is not None and self.name not in (".", "..")),
+            self, "name", "expected letters, digits, '.', '_' or '-' (a single path component)",
+        )  # fmt: skip
+        return self
 
 
 # --------------------------------------------------------------------------- #
@@ -196,30 +197,37 @@ class ClusterConfig(ConfigMixin):
 # --------------------------------------------------------------------------- #
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Everything one training run needs; ``to_dict()`` is its ``train_loop_config``."""
+
+    # Where and how it runs, not what is trained: left out of the run's identity.
+    infra_fields = frozenset({"deepspeed", "checkpoint", "tracking", "cluster"})
 
     steps: int = 1000
     """Optimiser steps of the whole run."""
     seed: int = 0
     """Seed of the model init and of each rank's training-sampler generator."""
-    model: ModelConfig = field(default_factory=lambda: model_config("tiny"))
-    method: MethodConfig = field(default_factory=MethodConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = Field(default_factory=lambda: model_config("tiny"))
+    """The DiT backbone (``model.size`` picks a registry entry the other keys override)."""
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    """Training law and sampler."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Shards and batching."""
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    """AdamW, schedule, clipping, EMA."""
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    """DeepSpeed engine."""
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Checkpoints and resume."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """MLflow."""
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    """Ray Train scaling and storage."""
 
-    def __post_init__(self) -> None:
-        for name in ("steps", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "steps"):
-                raise ValueError(
-                    f"TrainConfig.{name}={value!r}: expected an int >= {int(name == 'steps')}"
-                )
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        _require(self.steps >= 1, self, "steps", "must be >= 1")
+        _require(self.seed >= 0, self, "seed", "must be >= 0")
         if self.data.encoder == "none":
             size = (self.data.size, self.data.size)
             if self.model.frame_size != size:
@@ -236,130 +244,18 @@ class TrainConfig:
             raise ValueError("deepspeed.precision='bf16': needs cluster.use_gpu=true")
         if self.deepspeed.offload_optimizer and not self.cluster.use_gpu:
             raise ValueError("deepspeed.offload_optimizer=True: needs cluster.use_gpu=true")
-
-    # -- (de)serialisation ---------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict; ``from_dict(to_dict())`` is equal to ``self``."""
-        out: dict[str, Any] = {"steps": self.steps, "seed": self.seed}
-        for name in SECTIONS:
-            out[name] = getattr(self, name).to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a nested dict; ``model.size`` picks a registry entry to override."""
-        data = dict(data)
-        unknown = sorted(set(data) - set(SECTIONS) - {"steps", "seed"})
-        if unknown:
-            raise ValueError(
-                f"TrainConfig: unknown key(s) {unknown}; known: {['steps', 'seed', *SECTIONS]}"
-            )
-        kwargs: dict[str, Any] = {k: data[k] for k in ("steps", "seed") if k in data}
-        for name, section in SECTIONS.items():
-            if name not in data:
-                continue
-            value = data[name]
-            if not isinstance(value, dict):
-                raise ValueError(f"{name}={value!r}: expected a mapping")
-            if name == "model" and "size" in value:
-                value = dict(value)
-                size = value.pop("size")
-                base = model_config(size).to_dict()
-                unknown = sorted(set(value) - set(base))
-                if unknown:
-                    raise ValueError(f"ModelConfig: unknown key(s) {unknown}")
-                value = {**base, **value}
-            kwargs[name] = section.from_dict(coerce_numbers(section, value))
-        return cls(**kwargs)
-
-    def to_yaml(self) -> str:
-        """The config as YAML (what ``config.yaml`` in checkpoints and exports holds)."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def flat(self) -> dict[str, Any]:
-        """``{"optim.lr": 3e-4, ...}``: the MLflow params."""
-        return flatten(self.to_dict())
+        return self
 
     def hash(self) -> str:
-        """12 hex chars identifying what is trained (model, method, data, optim, seed, steps).
-
-        Cluster, tracking and checkpoint settings are left out: the same run resumed
-        on another cluster or logged elsewhere keeps its hash.
-        """
-        d = self.to_dict()
-        keep = {k: d[k] for k in ("steps", "seed", "model", "method", "data", "optim")}
-        keep["zero_stage"] = d["deepspeed"]["zero_stage"]
-        blob = json.dumps(keep, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        """12 hex chars identifying what is trained: model, method, data content, optim, seed,
+        steps. Throughput, storage, logging and cluster knobs (``infra_fields`` of each
+        section) are left out, so a run resumed with more decode workers or on another
+        cluster keeps its name."""
+        return self.identity_hash(12)
 
     def run_name(self) -> str:
         """The run directory name: ``cluster.name`` or ``{method}-{hash}``."""
         return self.cluster.name or f"{self.method.method}-{self.hash()}"
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with top-level fields replaced (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-
-SECTIONS: dict[str, Any] = {
-    "model": ModelConfig,
-    "method": MethodConfig,
-    "data": DataConfig,
-    "optim": OptimConfig,
-    "deepspeed": DeepSpeedConfig,
-    "checkpoint": CheckpointConfig,
-    "tracking": TrackingConfig,
-    "cluster": ClusterConfig,
-}
-
-
-# --------------------------------------------------------------------------- #
-#                          Recipes and overrides                              #
-# --------------------------------------------------------------------------- #
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (YAML values, ``1e-3`` a float) to a nested dict.
-
-    Keys are checked against the tree first, so a typo names the override; values
-    are parsed by ``model.config.apply_overrides`` (the project's one parser).
-
-    Raises:
-        ValueError: malformed override, or a key that no section has.
-    """
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r}: expected section.key=value")
-        parts = key.split(".")
-        if len(parts) == 1:
-            if parts[0] not in ("steps", "seed"):
-                raise ValueError(f"override {item!r}: unknown key {key!r}")
-        elif len(parts) == 2:
-            section, name = parts
-            if section not in SECTIONS:
-                raise ValueError(f"override {item!r}: unknown section {section!r}")
-            known = {f.name for f in dataclasses.fields(SECTIONS[section])}
-            if section == "model":
-                known.add("size")
-            if name not in known:
-                raise ValueError(f"override {item!r}: unknown key {key!r}")
-        else:
-            raise ValueError(f"override {item!r}: keys are 'section.key' or 'steps' / 'seed'")
-    return _apply_overrides(data, overrides)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -373,12 +269,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         FileNotFoundError: the recipe does not exist.
         ValueError: unknown key or invalid value, naming it.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config {str(path)!r} not found")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config {str(path)!r}: expected a mapping at the top level")
-    return TrainConfig.from_dict(apply_overrides(data, overrides or []))
+    return load(TrainConfig, path, overrides)

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "flowception.eval.job_commands",
     "flowception.eval.demo",
     "flowception.eval.experiments.cli",
+    "flowception.eval.config_commands",
 )
 
 
@@ -39,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    from flowception.eval.config_commands import decorate
+
+    decorate(sub.choices)
+    return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._subparsers._group_actions:
+        if command in action.choices:
+            return action.choices[command]
     return parser
 
 
@@ -52,12 +63,24 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from flowception.config import is_override
+    from flowception.eval.config_commands import CONFIG_COMMANDS, print_config
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if extra:
+        # ``key=value`` overrides may stand anywhere, also after an ``--option``.
+        if hasattr(args, "overrides") and all(is_override(t) for t in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if getattr(args, "print_config", False) and args.command in CONFIG_COMMANDS:
+            print_config(args.command, args)
+            return 0
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
         # Config and input errors: one clear line, no traceback.

@@ -9,13 +9,12 @@ config tree (composed in ``cluster/``). Both round-trip through ``to_dict()`` /
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from pydantic import Field, model_validator
+
+from flowception.config import Config
 from flowception.eval.assets import DEFAULT_I3D_PATH
-from flowception.model.config import ConfigMixin
 
 Offset = Literal["random", "start"]
 MetricName = Literal[
@@ -29,12 +28,12 @@ MetricName = Literal[
 ALL_METRICS: tuple[str, ...] = get_args(MetricName)
 
 
-@dataclass(frozen=True, kw_only=True)
-class FVDProtocol(ConfigMixin):
+class FVDProtocol(Config):
     """How real and generated clips become the two Gaussians of FVD (spec section 12)."""
 
     name: str = "fvd2048_16f"
-    """Label logged with every number (StyleGAN-V's name for the default protocol)."""
+    """Label logged as a param; metric keys come from the clip counts actually used
+    (``eval.fvd.metric_key``: ``fvd64_16f`` for 64 and 64 clips)."""
     num_frames: int = 16
     """Consecutive frames per clip; shorter videos are skipped and counted, never padded."""
     num_real: int = 2048
@@ -49,9 +48,11 @@ class FVDProtocol(ConfigMixin):
     """Where a generated clip starts (``fvd2048_16f``: frame 0)."""
     seed: int = 0
     """Seed of the random real-clip offsets."""
+    covariance: Literal["n", "n-1"] = "n"
+    """Covariance normalisation: ``n`` as StyleGAN-V's ``FeatureStats.get_mean_cov``, or ``n-1``."""
 
-    def __post_init__(self) -> None:
-        self._check_literals()
+    @model_validator(mode="after")
+    def _check(self) -> FVDProtocol:
         for name in ("num_frames", "num_real", "num_fake", "resolution"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -61,26 +62,25 @@ class FVDProtocol(ConfigMixin):
             raise ValueError(f"FVDProtocol.num_frames={self.num_frames}: I3D needs >= 9")
         if self.resolution < 32:
             raise ValueError(f"FVDProtocol.resolution={self.resolution}: must be >= 32")
+        return self
 
     def hash(self) -> str:
         """16 hex digits of the sha256 of the canonical JSON of every field."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self.identity_hash(16)
 
     def is_standard(self, num_real: int, num_fake: int) -> bool:
         """Whether a result used at least the protocol's sample counts."""
         return num_real >= self.num_real and num_fake >= self.num_fake
 
 
-@dataclass(frozen=True, kw_only=True)
-class EvalConfig(ConfigMixin):
+class EvalConfig(Config):
     """One evaluation run: detector, protocol, metrics and where cached statistics live."""
 
     detector: str = DEFAULT_I3D_PATH
     """I3D weights: ``flowception assets i3d`` output or a TorchScript detector; path or s3://."""
     detector_sha256: str | None = None
     """Expected sha256 of ``detector``; default: the one in its ``.json`` sidecar."""
-    protocol: FVDProtocol = field(default_factory=FVDProtocol)
+    protocol: FVDProtocol = Field(default_factory=FVDProtocol)
     """The FVD protocol."""
     reference_cache: str | None = None
     """Directory / URI prefix for cached reference statistics (npz); None = no cache."""
@@ -92,16 +92,12 @@ class EvalConfig(ConfigMixin):
     """Device of the extractor; ``auto`` = CUDA when available."""
     subject_endpoint: str = "Mixed_5c"
     """I3D endpoint whose per-frame features give subject consistency."""
-    vbench_weights: dict[str, str] = field(default_factory=dict)
+    vbench_weights: dict[str, str] = Field(default_factory=dict)
     """User weight paths of weight-needing VBench dimensions (``eval.metrics.WEIGHTED_DIMENSIONS``)."""
 
-    def __post_init__(self) -> None:
-        self._check_literals()
-        if isinstance(self.protocol, dict):
-            object.__setattr__(self, "protocol", FVDProtocol.from_dict(self.protocol))
-        object.__setattr__(self, "metrics", tuple(self.metrics))
-        bad = [m for m in self.metrics if m not in ALL_METRICS]
-        if bad or not self.metrics:
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if not self.metrics:
             raise ValueError(
                 f"EvalConfig.metrics={self.metrics!r}: expected a non-empty subset of {ALL_METRICS}"
             )
@@ -131,3 +127,4 @@ class EvalConfig(ConfigMixin):
                 f"EvalConfig.vbench_weights: unknown dimension(s) {unknown}; "
                 f"known: {sorted(WEIGHTED_DIMENSIONS)}"
             )
+        return self

@@ -109,7 +109,6 @@ def samples(
     export: str, data: dict[str, str], out: Path, plan: DemoPlan, uri: str, run_id: str | None
 ) -> dict:
     """[5] image-to-video from test first frames and unconditional videos, logged to MLflow."""
-    import dataclasses
 
     import numpy as np
     import torch
@@ -129,7 +128,7 @@ def samples(
     firsts = firsts[: plan.sample_videos]  # (1, H, W, C) uint8 each
     files, lengths = [], {}
     for task in ("image_to_video", "unconditional"):
-        method = dataclasses.replace(cfg.method, task=task)
+        method = cfg.method.replace(task=task)
         ctx = None
         if task == "image_to_video":
             ctx = [

@@ -8,85 +8,15 @@ reject unknown keys and invalid values with a ``ValueError`` naming the field.
 
 from __future__ import annotations
 
-import dataclasses
-import re
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
-T = TypeVar("T")
+from pydantic import model_validator
+
+from flowception.config import Config
 
 Method = Literal["flowception", "full_sequence", "autoregressive"]
 Task = Literal["unconditional", "image_to_video", "interpolation", "continuation"]
 AttentionBackend = Literal["auto", "flash", "sdpa", "cpu", "dense"]
-
-
-class ConfigMixin:
-    """``to_dict`` / ``from_dict`` and ``Literal`` checks shared by every config dataclass."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (tuples become lists), suitable for YAML / JSON / MLflow."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, ConfigMixin):
-                value = value.to_dict()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
-        """Build from a dict; unknown keys and mistyped numbers are an error naming them."""
-        data = dict(data or {})
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
-        hints = get_type_hints(cls)
-        kwargs = {}
-        for key, value in coerce_numbers(cls, data).items():
-            hint = hints[key]
-            if isinstance(hint, type) and issubclass(hint, ConfigMixin):
-                value = hint.from_dict(value)
-            elif isinstance(value, list):
-                value = tuple(value)
-            kwargs[key] = value
-        return cls(**kwargs)
-
-    def _check_literals(self) -> None:
-        for name, hint in get_type_hints(type(self)).items():
-            if get_origin(hint) is Literal and getattr(self, name) not in get_args(hint):
-                raise ValueError(
-                    f"{type(self).__name__}.{name}={getattr(self, name)!r}: "
-                    f"expected one of {list(get_args(hint))}"
-                )
-
-
-def coerce_numbers(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """Numbers YAML read as strings (``3e-4``) become floats, integral floats ints.
-
-    Works on any dataclass (``pipelines.config.DataConfig`` too); a value of the
-    wrong type is a ``ValueError`` naming ``Class.key``.
-    """
-    hints = get_type_hints(cls)
-    out = dict(data)
-    for key, value in data.items():
-        hint = hints.get(key)
-        if hint is None or value is None or isinstance(value, bool) or get_origin(hint) is Literal:
-            continue
-        accepts = set(get_args(hint)) | {hint}
-        if float in accepts and isinstance(value, (str, int)):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                raise ValueError(f"{cls.__name__}.{key}={value!r}: expected a number") from None
-        elif int in accepts and float not in accepts and isinstance(value, (str, float)):
-            if isinstance(value, float) and value.is_integer():
-                out[key] = int(value)
-            else:
-                raise ValueError(f"{cls.__name__}.{key}={value!r}: expected an integer")
-    return out
 
 
 def _positive(obj: object, *names: str) -> None:
@@ -101,8 +31,7 @@ def _positive(obj: object, *names: str) -> None:
 # --------------------------------------------------------------------------- #
 
 
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig(ConfigMixin):
+class ModelConfig(Config):
     """The DiT backbone with per-frame conditioning (spec section 7)."""
 
     in_channels: int = 1
@@ -134,12 +63,25 @@ class ModelConfig(ConfigMixin):
     rope_theta: float = 10000.0
     """Base of the rotary embedding frequencies."""
 
-    def __post_init__(self) -> None:
-        self._check_literals()
+    pseudo_fields = {"size": "a size from the registry (MODEL_SIZES), overridden by the other keys"}
+    infra_fields = frozenset({"attention_backend"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "size" in data:
+            data = dict(data)
+            size = data.pop("size")
+            if size not in MODEL_SIZES:
+                raise ValueError(f"model.size={size!r}: expected one of {sorted(MODEL_SIZES)}")
+            data = {**MODEL_SIZES[size], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
         _positive(self, "in_channels", "patch_size", "width", "depth", "heads", "mlp_ratio")
-        if len(self.frame_size) != 2 or any(int(s) <= 0 for s in self.frame_size):
+        if any(s <= 0 for s in self.frame_size):
             raise ValueError(f"ModelConfig.frame_size={self.frame_size!r}: expected (H, W) > 0")
-        object.__setattr__(self, "frame_size", tuple(int(s) for s in self.frame_size))
         h, w = self.frame_size
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(
@@ -156,6 +98,7 @@ class ModelConfig(ConfigMixin):
             raise ValueError(f"ModelConfig.num_classes={self.num_classes}: must be >= 0")
         if self.window is not None and self.window < 0:
             raise ValueError(f"ModelConfig.window={self.window}: must be >= 0 or None")
+        return self
 
     @property
     def head_dim(self) -> int:
@@ -192,8 +135,7 @@ def model_config(size: str, **overrides: Any) -> ModelConfig:
 # --------------------------------------------------------------------------- #
 
 
-@dataclass(frozen=True, kw_only=True)
-class MethodConfig(ConfigMixin):
+class MethodConfig(Config):
     """Training law and sampler of Flowception and of the two baselines (spec sections 3-10)."""
 
     method: Method = "flowception"
@@ -238,14 +180,19 @@ class MethodConfig(ConfigMixin):
     insertion_guidance: float = 1.0
     """Geometric insertion guidance ``s_ins`` (E21); 1 = off."""
 
-    def __post_init__(self) -> None:
-        self._check_literals()
+    @model_validator(mode="after")
+    def _check(self) -> MethodConfig:
         _positive(self, "num_steps", "max_frames", "num_frames", "time_shift")
         if self.n_start < 0:
             raise ValueError(f"MethodConfig.n_start={self.n_start}: must be >= 0")
         if self.n_start == 0 and self.task in ("unconditional",) and self.method == "flowception":
             raise ValueError(
                 "MethodConfig.n_start=0: allowed only with context frames (task != unconditional)"
+            )
+        if False:  # MUTANT
+            raise ValueError(
+                f"MethodConfig.n_start={self.n_start}: task 'interpolation' trains and samples "
+                "from its keyframes alone (spec 4.1, 8); set method.n_start=0"
             )
         for name in ("context_noise", "interp_context_prob", "cond_drop_prob", "uncond_prob"):
             value = getattr(self, name)
@@ -262,45 +209,4 @@ class MethodConfig(ConfigMixin):
             raise ValueError(
                 f"MethodConfig.continuation_frames={self.continuation_frames}: must be >= 1"
             )
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set ``a.b.c=value`` strings (values parsed as YAML) in a copy of a nested dict.
-
-    Key validation is left to the config's ``from_dict``, which rejects unknown keys
-    by name at every level.
-
-    Raises:
-        ValueError: an override without ``=`` or with an empty key part.
-    """
-    import copy
-
-    import yaml
-
-    out = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        parts = key.split(".")
-        if not sep or not all(parts):
-            raise ValueError(f"override {item!r}: expected key.path=value")
-        node = out
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = _parse_value(raw, yaml)
-    return out
-
-
-_EXPONENT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")  # 1e-3: a string to YAML 1.1
-
-
-def _parse_value(raw: str, yaml) -> Any:
-    """YAML scalar, plus what YAML 1.1 leaves as strings: ``1e-3`` and ``none``."""
-    if raw.strip().lower() in ("", "none", "null"):
-        return None
-    value = yaml.safe_load(raw)
-    if isinstance(value, str) and _EXPONENT.match(raw.strip()):
-        return float(value)
-    return value
+        return self

@@ -15,19 +15,26 @@ profile), as s3fs reads them. The endpoint may come from the config or from
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Literal
+
+from pydantic import model_validator
+
+from flowception.config import Config
 
 ClipStart = Literal["random", "first"]
 Encoder = Literal["none", "identity", "vae"]
 ENDPOINT_ENV = ("FLOWCEPTION_S3_ENDPOINT", "AWS_ENDPOINT_URL")
 
 
-@dataclass(frozen=True, kw_only=True)
-class DataConfig:
+class DataConfig(Config):
     """Where the shards are and how clips become training batches."""
+
+    # Throughput and storage knobs: the same data read faster or from elsewhere is the same run.
+    infra_fields = frozenset(
+        {"decode_workers", "decode_threads", "s3_endpoint_url", "s3_region", "s3_anon",
+         "storage_retries"}
+    )  # fmt: skip
 
     shards: str = "data/moving_mnist/train"
     """Local directory or ``s3://bucket/prefix`` holding the ``*.tar`` shards (and ``index.json``)."""
@@ -53,6 +60,8 @@ class DataConfig:
     """Permute shards and samples within a shard per (seed, epoch); ``False`` keeps index order."""
     epochs: int = 1
     """Passes over the shards covered by one dataset stream (each with its own order)."""
+    min_usable_fraction: float = 0.5
+    """A finished epoch with fewer good samples than this share of its samples (index.json's count) fails the run."""
     decode_workers: int = 2
     """Maximum concurrent read+decode tasks in Ray Data."""
     decode_threads: int = 1
@@ -70,12 +79,8 @@ class DataConfig:
     encoder_path: str | None = None
     """Path or hub-free local directory of the VAE weights when ``encoder == "vae"``."""
 
-    def __post_init__(self) -> None:
-        for name, hint in get_type_hints(type(self)).items():
-            if get_origin(hint) is Literal and getattr(self, name) not in get_args(hint):
-                raise ValueError(
-                    f"DataConfig.{name}={getattr(self, name)!r}: expected one of {list(get_args(hint))}"
-                )
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
         if not isinstance(self.shards, str) or not self.shards:
             raise ValueError(
                 f"DataConfig.shards={self.shards!r}: expected a directory or s3:// URI"
@@ -93,7 +98,7 @@ class DataConfig:
             "storage_retries",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if value <= 0:
                 raise ValueError(f"DataConfig.{name}={value!r}: expected an int > 0")
         if self.min_frames > self.num_frames:
             raise ValueError(
@@ -106,10 +111,15 @@ class DataConfig:
             )
         if self.size % 2:
             raise ValueError(f"DataConfig.size={self.size!r}: must be even (yuv420p frames)")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if self.seed < 0:
             raise ValueError(f"DataConfig.seed={self.seed!r}: expected an int >= 0")
+        if not 0.0 <= self.min_usable_fraction <= 1.0:
+            raise ValueError(
+                f"DataConfig.min_usable_fraction={self.min_usable_fraction!r}: expected 0 <= x <= 1"
+            )
         if self.encoder == "vae" and not self.encoder_path:
             raise ValueError("DataConfig.encoder_path=None: required when encoder='vae'")
+        return self
 
     # ------------------------------------------------------------------ #
 
@@ -126,21 +136,3 @@ class DataConfig:
             if os.environ.get(var):
                 return os.environ[var]
         return None
-
-    def replace(self, **changes: Any) -> DataConfig:
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict, suitable for YAML / JSON / MLflow params."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> DataConfig:
-        """Build from a dict; unknown keys are a ``ValueError`` naming them."""
-        data = dict(data or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"DataConfig: unknown key(s) {unknown}; known: {sorted(names)}")
-        return cls(**data)

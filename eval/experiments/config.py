@@ -8,18 +8,18 @@ are an error naming them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowception.model.config import ConfigMixin, apply_overrides
+from pydantic import Field, model_validator
+
+from flowception.config import Config, apply_overrides, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "configs" / "experiments"
 
 
-@dataclass(frozen=True, kw_only=True)
-class ExperimentConfig(ConfigMixin):
+class ExperimentConfig(Config):
     """One experiment run (all sizes; the experiment module reads what it needs)."""
 
     name: str
@@ -68,10 +68,11 @@ class ExperimentConfig(ConfigMixin):
     """MLflow experiment holding the parent runs."""
     quick: bool = False
     """Set by ``--quick`` (recorded as a parameter)."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
     """Free-form notes copied into the parent run's parameters."""
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
         from flowception.eval.experiments import EXPERIMENTS
 
         if self.name not in EXPERIMENTS:
@@ -81,14 +82,11 @@ class ExperimentConfig(ConfigMixin):
         for key in ("steps", "train_videos", "test_videos", "eval_videos", "sample_steps",
                     "draws", "repeats", "videos"):  # fmt: skip
             value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
+            if value < 1:
                 raise ValueError(f"ExperimentConfig.{key}={value!r}: must be an integer >= 1")
-        object.__setattr__(self, "arms", tuple(str(a) for a in self.arms))
-        object.__setattr__(self, "train", tuple(self.train))
-        object.__setattr__(self, "eval", tuple(self.eval))
-        object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
         if any(n < 4 for n in self.lengths):
             raise ValueError(f"ExperimentConfig.lengths={self.lengths!r}: each must be >= 4")
+        return self
 
     @property
     def folder(self) -> Path:
@@ -112,19 +110,19 @@ def load_experiment(name: str, *, quick: bool = False, overrides: list[str] | No
     Raises:
         ValueError: unknown experiment, unknown key or bad value.
     """
-    import yaml
-
     from flowception.eval.experiments import EXPERIMENTS
 
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; expected one of {list(EXPERIMENTS)}")
     path = RECIPES / f"{name}.yaml"
-    data: dict[str, Any] = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    data: dict[str, Any] = load_yaml(path) if path.exists() else {}
     quick_block = data.pop("quick", {}) or {}
     if quick:
         data.update(quick_block)
     data.update(name=name, quick=quick)
-    return ExperimentConfig.from_dict(apply_overrides(data, list(overrides or [])))
+    return ExperimentConfig.from_dict(
+        apply_overrides(data, list(overrides or []), ExperimentConfig)
+    )
 
 
 def bench_model():

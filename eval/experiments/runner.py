@@ -130,8 +130,8 @@ def run_experiment(cfg: ExperimentConfig) -> ExperimentResult:
     with services(cfg, needs_ray=getattr(module, "NEEDS_RAY", False)) as uri:
         from mlflow.tracking import MlflowClient
 
-        from flowception.cluster.config import flatten
         from flowception.cluster.tracking import safe_params
+        from flowception.config import flatten
 
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(cfg.experiment)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowception.cluster.config import TrainConfig, apply_overrides, load_config
+from flowception.cluster.config import TrainConfig, load_config
+from flowception.config import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
@@ -56,10 +57,14 @@ def test_overrides_apply_with_types():
     "override, message",
     [
         ("optim.lrr=1", "optim.lrr"),
-        ("nope.x=1", "'nope'"),
+        ("nope.x=1", "unknown key 'nope.x'"),
         ("optim.lr=-1", "OptimConfig.lr=-1.0"),
         ("optim.lr=fast", "OptimConfig.lr='fast'"),
-        ("data.frame_budget=2.5", "DataConfig.frame_budget=2.5: expected an integer"),
+        ("data.frame_budget=2.5", "DataConfig.frame_budget=2.5: input should be a valid integer"),
+        ("cluster.use_gpu=maybe", "ClusterConfig.use_gpu='maybe'"),
+        ("cluster.storage_path=5", "ClusterConfig.storage_path=5"),
+        ("cluster.name=../escape", "ClusterConfig.name='../escape'"),
+        ("data.decode_workers=true", "DataConfig.decode_workers=True"),
         ("checkpoint.every_steps=1.5", "CheckpointConfig.every_steps=1.5"),
         ("deepspeed.zero_stage=4", "DeepSpeedConfig.zero_stage=4"),
         ("method.method=diffusion", "MethodConfig.method='diffusion'"),
@@ -67,8 +72,8 @@ def test_overrides_apply_with_types():
         ("data.size=16", "model.frame_size=(32, 32)"),
         ("deepspeed.precision=bf16", "deepspeed.precision='bf16'"),
         ("steps=0", "TrainConfig.steps=0"),
-        ("optim.lr", "expected section.key=value"),
-        ("a.b.c=1", "section.key"),
+        ("optim.lr", "expected key.path=value"),
+        ("optim.lr.x=1", "optim.lr is not a section"),
     ],
 )
 def test_bad_overrides_name_key_and_value(override, message):
@@ -100,6 +105,11 @@ def test_hash_tracks_what_is_trained_only():
     )
     assert load_config(ROOT / "configs/demo-cpu.yaml", ["optim.lr=0.5"]).hash() != base.hash()
     assert load_config(ROOT / "configs/demo-cpu.yaml", ["seed=1"]).hash() != base.hash()
+    # Throughput and storage knobs keep the run's identity (a resubmission resumes it).
+    for knob in ("data.decode_workers=3", "data.storage_retries=9", "deepspeed.zero_stage=1",
+                 "data.s3_endpoint_url=http://127.0.0.1:9", "model.attention_backend=dense"):  # fmt: skip
+        assert load_config(ROOT / "configs/demo-cpu.yaml", [knob]).hash() == base.hash(), knob
+    assert load_config(ROOT / "configs/demo-cpu.yaml", ["data.num_frames=6"]).hash() != base.hash()
 
 
 def test_flat_params_and_overrides_do_not_mutate_input():

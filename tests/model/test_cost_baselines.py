@@ -127,10 +127,15 @@ def test_config_validation_names_field_and_value():
         MethodConfig(context_noise=1.5)
     with pytest.raises(ValueError, match=r"n_start=0"):
         MethodConfig(n_start=0)
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['widht'\]"):
+    with pytest.raises(ValueError, match=r"ModelConfig: unknown key 'widht'"):
         ModelConfig.from_dict({"widht": 3})
     with pytest.raises(ValueError, match="model size 'huge'"):
         model_config("huge")
+    with pytest.raises(ValueError, match=r"ModelConfig.qk_norm='maybe'"):
+        ModelConfig.from_dict({"qk_norm": "maybe"})
+    with pytest.raises(ValueError, match=r"ModelConfig.depth=True: expected a number"):
+        ModelConfig.from_dict({"depth": True})
+    assert ModelConfig.from_dict({"size": "s-64", "width": 128}).width == 128
     cfg = model_config("s-64", num_classes=5, window=2)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     m = MethodConfig(method="autoregressive", insertion_rule="hierarchical")
@@ -141,14 +146,16 @@ def test_from_dict_coerces_numbers_and_names_bad_ones():
     cfg = ModelConfig.from_dict({"width": 64.0, "mlp_ratio": "2e0", "frame_size": [8, 8]})
     assert (cfg.width, cfg.mlp_ratio, cfg.frame_size) == (64, 2.0, (8, 8))
     assert type(cfg.width) is int and type(cfg.mlp_ratio) is float
-    with pytest.raises(ValueError, match=r"ModelConfig.width=2.5: expected an integer"):
+    with pytest.raises(ValueError, match=r"ModelConfig.width=2.5: input should be a valid integer"):
         ModelConfig.from_dict({"width": 2.5})
-    with pytest.raises(ValueError, match=r"MethodConfig.context_noise='x': expected a number"):
+    with pytest.raises(
+        ValueError, match=r"MethodConfig.context_noise='x': input should be a valid number"
+    ):
         MethodConfig.from_dict({"context_noise": "x"})
 
 
 def test_dotted_overrides_parse_values():
-    from flowception.model.config import apply_overrides
+    from flowception.config import apply_overrides
 
     out = apply_overrides(
         {"a": {"b": 1}}, ["a.b=1e-3", "a.c.d=[1, 2]", "x=none", "y='007'", "z=abc"]
