@@ -189,7 +189,7 @@ class MethodConfig(Config):
             raise ValueError(
                 "MethodConfig.n_start=0: allowed only with context frames (task != unconditional)"
             )
-        if False:  # MUTANT
+        if self.n_start > 0 and self.task == "interpolation" and self.method == "flowception":
             raise ValueError(
                 f"MethodConfig.n_start={self.n_start}: task 'interpolation' trains and samples "
                 "from its keyframes alone (spec 4.1, 8); set method.n_start=0"

@@ -82,13 +82,12 @@ def generate(
         uncond = velocity_field(net, uncond_labels, drop_context=True)  # E20's null branch
         if method.method == "flowception":
             guidance = Guidance(uncond, method.cfg_scale, method.insertion_guidance)
-            n_start = 0 if method.task == "interpolation" else method.n_start
             return sample(
                 velocity_field(net, labels),
                 num_videos=num_videos,
                 frame_shape=frame_shape,
                 num_steps=steps,
-                num_start_frames=n_start,
+                num_start_frames=method.n_start,  # the training law's n_s (spec 4.1)
                 max_frames=max_frames or method.max_frames,
                 context=ctx,
                 guidance=guidance,
