@@ -1,4 +1,4 @@
-"""The driver: datasets + ``TorchTrainer`` for ``train_loop_per_worker``, then the export.
+"""The driver: ``TorchTrainer`` for ``train_loop_per_worker`` (each worker reads its own data share), then the export.
 
     flowception train configs/demo-cpu.yaml                      # local Ray (or RAY_ADDRESS)
     flowception train configs/demo-cpu.yaml steps=50 cluster.name=try1
@@ -52,24 +52,6 @@ class TrainResult:
     mlflow_run_id: str | None
     metrics: dict[str, Any]
     seconds: float
-
-
-class DatasetFactory:
-    """Builds the train dataset when the worker group (re)starts, after the latest
-    checkpoint's merged data cursor, so a restarted group neither repeats nor skips data.
-    """
-
-    def __init__(self, cfg: TrainConfig, run_uri: str) -> None:
-        self.cfg, self.run_uri = cfg, run_uri
-
-    def __call__(self) -> Any:
-        from flowception.pipelines.batching import DataCursor
-        from flowception.pipelines.dataset import build_dataset
-
-        endpoint = self.cfg.cluster.storage_endpoint_url
-        ckpt = checkpoint.resume_point(self.run_uri, self.cfg.checkpoint.resume_from, endpoint)
-        cursor = DataCursor.from_dict(checkpoint.merged_cursor(ckpt, endpoint)) if ckpt else None
-        return build_dataset(self.cfg.data, cursor=cursor)
 
 
 def run_info(cfg: TrainConfig) -> dict[str, Any]:
@@ -138,7 +120,6 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from flowception.cluster.train_loop import train_loop_per_worker
-    from flowception.pipelines.ingest import exactly_once_config
 
     cfg = absolute_paths(cfg)
     endpoint = cfg.cluster.storage_endpoint_url
@@ -171,8 +152,6 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             worker_runtime_env={"env_vars": env} if env else None,
         ),
-        datasets={"train": DatasetFactory(cfg, run["run_uri"])},
-        dataset_config=exactly_once_config(),
     )
     t0 = time.perf_counter()
     try:

@@ -105,6 +105,29 @@ def synced(batches: Iterator, device: torch.device) -> Iterator:
         yield batch
 
 
+def _data_counts(
+    stream: Any, rank: int, device: Any, cfg: TrainConfig, tracker: Any, logged: set[int]
+) -> dict[str, float]:
+    """Bad data, end to end: every rank's counts summed; epochs every rank finished are
+    checked against ``data.min_usable_fraction`` and logged per epoch (MLflow step = epoch)."""
+    from flowception.pipelines import ingest
+
+    epochs = cfg.data.epochs
+    vec = torch.tensor(ingest.count_vector(stream.cursor, epochs), dtype=torch.float64)
+    done = torch.tensor([float(stream.cursor.position(rank).epoch)], dtype=torch.float64)
+    dist.all_reduce(vec := vec.to(device))
+    dist.all_reduce(done := done.to(device), op=dist.ReduceOp.MIN)
+    vector = vec.cpu().tolist()
+    for epoch in range(min(int(done.item()), epochs)):
+        counts = ingest.epoch_counts(vector, epoch)
+        share = ingest.check_usable(counts, epoch, cfg.data.min_usable_fraction, cfg.data.shards)
+        if rank == 0 and tracker and epoch not in logged:
+            logged.add(epoch)
+            per_epoch = {f"data/epoch/{k}": float(v) for k, v in counts.items()}
+            tracker.log_metrics({**per_epoch, "data/epoch/usable_fraction": share}, epoch)
+    return ingest.data_metrics(vector, epochs)
+
+
 def _upload_fn(local: Path) -> Any:
     """``checkpoint_upload_fn`` for ``ray.train.report``: copy ``local``, manifest last."""
     import ray.train
@@ -129,7 +152,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from flowception.model.ema import EMA
     from flowception.model.generate import generate
     from flowception.model.training import training_step
-    from flowception.pipelines.batching import DataCursor, VideoBatchStream
+    from flowception.pipelines.ingest import DataCursor, UnusableDataError, worker_stream
 
     cfg = TrainConfig.from_dict(config["train"])
     run = config["run"]
@@ -142,7 +165,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # [1] data shard: the dataset left out what the checkpoint's cursors consumed
     ckpt = checkpoint.resume_point(run["run_uri"], cfg.checkpoint.resume_from, endpoint)
     start = DataCursor.from_dict(checkpoint.merged_cursor(ckpt, endpoint)) if ckpt else DataCursor()
-    stream = VideoBatchStream(ray.train.get_dataset_shard("train"), cfg.data, cursor=start)
+    stream = worker_stream(cfg.data, start, rank=rank, world=world)  # re-split if world changed
 
     # [2] DeepSpeed engine (same init on every rank), EMA, restore
     torch.manual_seed(cfg.seed)
@@ -182,6 +205,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     last: dict[str, float] = {}
     diag_sums: dict[str, float] = {}
     diag_counts: dict[str, int] = {}
+    logged: set[int] = set()  # epochs whose data counts went to MLflow
     flops_total = 0.0  # training FLOPs of the packed batches since this worker started
     for batch in synced(stream, device) if step < cfg.steps else ():
         labels = batch.labels.to(device) if cfg.model.num_classes else None
@@ -249,6 +273,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             flops_total += window[6].item()
             last["train_flops"] = flops_total
             last.update({DIAGNOSTICS[k]: v / diag_counts[k] for k, v in diag_sums.items()})
+            last.update(_data_counts(stream, rank, device, cfg, tracker, logged))
             diag_sums.clear()
             diag_counts.clear()
             if rank == 0:
@@ -269,6 +294,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if step >= cfg.steps:
             break
 
+    summary = _data_counts(stream, rank, device, cfg, tracker, logged)  # raises on unusable data
+    if rank == 0:
+        log.info("data: %s", " ".join(f"{k}={v:g}" for k, v in summary.items() if v))
+    if step == 0:
+        raise UnusableDataError(f"{cfg.data.shards}: the data yielded no batch ({summary})")
     if step < cfg.steps and rank == 0:
         log.warning(
             "data ran out at step %d of %d (data.epochs=%d)", step, cfg.steps, cfg.data.epochs

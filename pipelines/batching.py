@@ -1,22 +1,20 @@
-"""Batches for the trainer: frame-budget batching, ``VideoBatch``, and the resumable cursor.
+"""Batches for the trainer: frame-budget batching, ``VideoBatch``, and the worker's stream.
 
 The worker side of the data path. In a Ray Train worker::
 
-    from flowception.pipelines.batching import DataCursor, VideoBatchStream
+    from flowception.pipelines.ingest import worker_stream
 
-    stream = VideoBatchStream(ray.train.get_dataset_shard("train"), cfg.data)
-    for batch in stream:                 # VideoBatch, deterministic given seed + world size
-        ...                              # batch.videos (B, F, C, H, W) in [-1, 1]
-        cursor = stream.cursor           # DataCursor of every sample yielded so far
-    stream.skipped                       # Counter of bad samples by reason (this worker)
+    stream = worker_stream(cfg.data, cursor, rank=rank, world=world)  # VideoBatchStream
+    for batch in stream:                 # VideoBatch, a pure function of (seed, epoch,
+        ...                              # world, cursor); batch.videos (B, F, C, H, W)
+        stream.cursor                    # DataCursor: this rank's position + counts
+    stream.skipped                       # Counter of bad samples by reason (this stream)
 
-``cursor.to_dict()`` goes into the checkpoint of every rank; on resume the ranks'
-cursors are merged (``DataCursor.merge``) and the result goes both to
-``flowception.pipelines.dataset.build_dataset(cfg, cursor=merged)``, which leaves out what was
-consumed, and to ``VideoBatchStream(..., cursor=merged)``, so later checkpoints
-include the earlier progress. With the exactly-once split (``pipelines.ingest``)
-ranks may get different numbers of batches per epoch: the training loop must not
-assume equal counts (e.g. agree on a step count, or stop all ranks when one runs dry). Nothing here imports Ray: the stream takes anything with
+``stream.cursor.to_dict()`` goes into the checkpoint of every rank; on resume the
+ranks' cursors are merged (``DataCursor.merge``) and every rank restarts from the
+merged cursor (``pipelines.ingest``), re-split when the world size changed. Ranks
+may get different numbers of batches per epoch: the training loop must not assume
+equal counts. Nothing here imports Ray: the stream takes anything with
 ``iter_batches(batch_size=..., batch_format="numpy")``.
 """
 
@@ -33,6 +31,8 @@ import torch
 from torch import Tensor
 
 from flowception.pipelines.config import DataConfig
+from flowception.pipelines.ingest import DataCursor, Position
+from flowception.pipelines.samples import SHARD_ISSUES
 
 log = logging.getLogger(__name__)
 
@@ -130,124 +130,6 @@ class FrameBudgetBatcher:
 
 
 # --------------------------------------------------------------------------- #
-#                                   Cursor                                    #
-# --------------------------------------------------------------------------- #
-
-Ranges = tuple[tuple[int, int], ...]
-
-
-def _add_range(ranges: Ranges, a: int, b: int) -> Ranges:
-    out: list[list[int]] = []
-    for lo, hi in sorted([*ranges, (a, b)]):
-        if out and lo <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return tuple((lo, hi) for lo, hi in out)
-
-
-@dataclass(frozen=True, kw_only=True)
-class DataCursor:
-    """How far a data stream got: whole epochs, whole shards, and samples of started shards.
-
-    Positions are a shard's samples in its seeded order for that epoch (good and
-    bad alike), so skipping them on resume leaves each remaining sample to be seen
-    exactly once. A checkpoint stores ``to_dict()``.
-    """
-
-    epoch: int = 0
-    """Every epoch before this one is finished."""
-    shards_done: tuple[tuple[int, int], ...] = ()
-    """``(epoch, shard)``: shards (indices into the shard list) fully consumed."""
-    samples_done: tuple[tuple[int, int, Ranges], ...] = ()
-    """``(epoch, shard, ((lo, hi), ...))``: half-open position ranges consumed in a started shard."""
-
-    def __post_init__(self) -> None:
-        if self.epoch < 0:
-            raise ValueError(f"DataCursor.epoch={self.epoch!r}: must be >= 0")
-
-    def skip(self, epoch: int, shard: int) -> Ranges | None:
-        """Positions to leave out of ``(epoch, shard)``; ``None`` if the whole shard is done."""
-        if epoch < self.epoch or (epoch, shard) in self.shards_done:
-            return None
-        for e, s, ranges in self.samples_done:
-            if (e, s) == (epoch, shard):
-                return ranges
-        return ()
-
-    def advance(self, epoch: int, shard: int, pos: int, count: int) -> DataCursor:
-        """The cursor after consuming position ``pos`` of a shard with ``count`` positions."""
-        if self.skip(epoch, shard) is None:
-            return self
-        ranges = _add_range(self.skip(epoch, shard) or (), pos, pos + 1)
-        rest = tuple(x for x in self.samples_done if (x[0], x[1]) != (epoch, shard))
-        if ranges == ((0, count),):
-            return DataCursor(
-                epoch=self.epoch,
-                shards_done=tuple(sorted({*self.shards_done, (epoch, shard)})),
-                samples_done=rest,
-            )
-        return DataCursor(
-            epoch=self.epoch,
-            shards_done=self.shards_done,
-            samples_done=tuple(sorted([*rest, (epoch, shard, ranges)])),
-        )
-
-    @staticmethod
-    def merge(cursors: Iterable[DataCursor], num_shards: int | None = None) -> DataCursor:
-        """Union of the cursors of all ranks (what the whole job consumed).
-
-        Args:
-            cursors: one per rank.
-            num_shards: when given, epochs whose shards are all done are folded into
-                ``epoch`` and their entries dropped.
-        """
-        cursors = list(cursors)
-        epoch = min((c.epoch for c in cursors), default=0)
-        done = {x for c in cursors for x in c.shards_done}
-        ranges: dict[tuple[int, int], Ranges] = {}
-        for c in cursors:
-            for e, s, rs in c.samples_done:
-                for a, b in rs:
-                    ranges[(e, s)] = _add_range(ranges.get((e, s), ()), a, b)
-        if num_shards:
-            while all((epoch, s) in done for s in range(num_shards)):
-                epoch += 1
-        return DataCursor(
-            epoch=epoch,
-            shards_done=tuple(sorted(x for x in done if x[0] >= epoch)),
-            samples_done=tuple(
-                sorted(
-                    (e, s, r) for (e, s), r in ranges.items() if e >= epoch and (e, s) not in done
-                )
-            ),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        return {
-            "epoch": self.epoch,
-            "shards_done": [list(x) for x in self.shards_done],
-            "samples_done": [[e, s, [list(r) for r in rs]] for e, s, rs in self.samples_done],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataCursor:
-        """Inverse of ``to_dict``; unknown keys are a ``ValueError``."""
-        unknown = sorted(set(data) - {"epoch", "shards_done", "samples_done"})
-        if unknown:
-            raise ValueError(f"DataCursor: unknown key(s) {unknown}")
-        return cls(
-            epoch=int(data.get("epoch", 0)),
-            shards_done=tuple((int(e), int(s)) for e, s in data.get("shards_done", [])),
-            samples_done=tuple(
-                (int(e), int(s), tuple((int(a), int(b)) for a, b in rs))
-                for e, s, rs in data.get("samples_done", [])
-            ),
-        )
-
-
-# --------------------------------------------------------------------------- #
 #                               Worker stream                                 #
 # --------------------------------------------------------------------------- #
 
@@ -262,52 +144,64 @@ def iter_rows(batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, An
 
 @dataclass
 class VideoBatchStream:
-    """``VideoBatch``es from a Ray Data iterator (a Ray Train dataset shard).
+    """``VideoBatch``es of one rank from its Ray Data reader (``dataset.build_dataset``).
+
+    The cursor moves when a batch is yielded, to the row that did not fit into it (the
+    first of the next batch), so a stream restarted there yields the same batches;
+    bad rows met before that row are counted in the cursor by (epoch, reason).
 
     Args:
-        source: ``ray.train.get_dataset_shard(name)``, a ``streaming_split`` part, or a
-            ``Dataset``; anything with ``iter_batches(batch_size=, batch_format="numpy")``.
-        cfg: the data config (``frame_budget``, ``max_batch_size``).
-        cursor: where the dataset started (``build_dataset``'s cursor); progress is
-            added to it.
-        prefetch_batches: Ray Data batches fetched ahead.
+        source: the rank's ``Dataset`` (or anything with
+            ``iter_batches(batch_size=, batch_format="numpy")``).
+        cfg: the data config (``frame_budget``, ``max_batch_size``, ``epochs``).
+        cursor: where the source starts (this rank's cursor, ``DataCursor.for_rank``).
+        rank: this rank (its place in ``cursor.positions``).
+        prefetch_batches: Ray Data blocks fetched ahead.
     """
 
     source: Any
     cfg: DataConfig
     cursor: DataCursor = field(default_factory=DataCursor)
+    rank: int = 0
     prefetch_batches: int = 2
     skipped: Counter = field(default_factory=Counter)
     samples: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.cursor.world:
+            self.cursor = DataCursor(world=1, positions=(Position(),))
+
     def __iter__(self) -> Iterator[VideoBatch]:
         batcher = FrameBudgetBatcher(self.cfg.frame_budget, self.cfg.max_batch_size)
         batches = self.source.iter_batches(
-            batch_size=16, batch_format="numpy", prefetch_batches=self.prefetch_batches
+            batch_size=None, batch_format="numpy", prefetch_batches=self.prefetch_batches
         )
+        seen: Counter = Counter()  # (epoch, reason) met since the last batch
         for row in iter_rows(batches):
+            epoch = int(row["epoch"])
+            for issue in str(row.get("shard_issue", "") or "").split(","):
+                if issue in SHARD_ISSUES:
+                    seen[(epoch, issue)] += 1
             if row["status"] != "ok":
                 self.skipped[str(row["status"])] += 1
-                self._consume([row])
+                seen[(epoch, str(row["status"]))] += 1
                 continue
             done = batcher.push(row)
             if done:
-                yield self._emit(done)
+                at = Position(epoch, int(row.get("unit", 0)), int(row["pos"]))
+                yield self._emit(done, at, seen)
+                seen = Counter()
         done = batcher.flush()
+        end = Position(self.cfg.epochs)
         if done:
-            yield self._emit(done)
+            yield self._emit(done, end, seen)
+        else:
+            self.cursor = self.cursor.moved(self.rank, end).counted(seen, Counter())
 
-    def _consume(self, rows: list[dict[str, Any]]) -> None:
-        cursor = self.cursor
-        for r in rows:
-            cursor = cursor.advance(
-                int(r["epoch"]), int(r["shard"]), int(r["pos"]), int(r["count"])
-            )
-        self.cursor = cursor
-
-    def _emit(self, rows: list[dict[str, Any]]) -> VideoBatch:
-        self._consume(rows)
+    def _emit(self, rows: list[dict[str, Any]], at: Position, seen: Counter) -> VideoBatch:
         self.samples += len(rows)
+        good = Counter({int(rows[0]["epoch"]): len(rows)})
+        self.cursor = self.cursor.moved(self.rank, at).counted(seen, good)
         return collate(
             [r["video"] for r in rows],
             [int(r["label"]) for r in rows],

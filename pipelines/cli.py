@@ -114,12 +114,15 @@ def make_shards(args: argparse.Namespace) -> int:
 
 
 def check_shards(args: argparse.Namespace) -> int:
-    """``flowception data check``: read every shard in-process, print counts by status."""
+    """``flowception data check``: read every shard in-process, compare it with
+    ``index.json`` (bytes, sha256, sample count), print counts by status.
+
+    Exits 1 when no sample is usable or a shard differs from its index entry.
+    """
     from tqdm import tqdm
 
     from flowception.pipelines.config import DataConfig
-    from flowception.pipelines.dataset import decode_rows, read_shard_rows
-    from flowception.pipelines.shards import Storage, list_shards
+    from flowception.pipelines.dataset import read_task, shard_list
 
     cfg = DataConfig(
         shards=args.shards,
@@ -131,13 +134,21 @@ def check_shards(args: argparse.Namespace) -> int:
         s3_endpoint_url=args.s3_endpoint,
         shuffle=False,
     )
-
     counts: Counter = Counter()
-    for i, shard in enumerate(
-        tqdm(list_shards(cfg.shards, Storage.from_config(cfg)), unit="shard")
-    ):
-        rows = decode_rows(read_shard_rows(cfg, shard.url, 0, i), cfg)
+    problems: list[str] = []
+    shards = shard_list(cfg)
+    for i, shard in enumerate(tqdm(shards, unit="shard")):
+        rows = read_task(cfg, shards, (0, i, i, ()))
         counts.update(str(s) for s in rows["status"])
+        issues = [x for x in rows["shard_issue"] if x]
+        if issues:
+            problems.append(
+                f"{shard.url}: {issues[0]} (index.json: {shard.bytes} bytes, "
+                f"{shard.num_samples} samples, sha256 {shard.sha256})"
+            )
+    for line in problems:
+        print(line)
     for status, n in sorted(counts.items()):
-        print(f"{status:>14} {n}")
-    return 0 if counts.get("ok") else 1
+        print(f"{status:>18} {n}")
+    print(f"{len(shards)} shard(s), {len(problems)} differ from index.json")
+    return 0 if counts.get("ok") and not problems else 1

@@ -1,29 +1,33 @@
 """The Ray Data reader: shards (local or ``s3://``) -> decoded, clipped, resized rows.
 
-Pipeline (one read task per shard and epoch, fused with the decode)::
+One read task per *unit* (a shard of one epoch, minus positions already consumed;
+see ``pipelines.ingest``), which reads the tar (one GET, retried), checks it against
+``index.json`` (size, sha256, sample count), groups members by key, checks the json,
+plans the clip (start, length), orders the samples by (seed, epoch, shard) and
+decodes the planned frames (PyAV, centre crop + resize) -> video uint8 [T, H, W, C].
+Read and decode are one task, so a shard's MP4 bytes never enter the object store
+and Ray Data runs one operator (two operators on a 2-CPU node share its CPUs).
 
-    VideoShardDatasource     read the tar (one GET, retried), group members by key,
-                             check the json, plan the clip (start, length), order the
-                             samples by (seed, epoch, shard)
-      .map_batches(decode)   PyAV decode of the planned frames, centre crop + resize
-                             -> video uint8 [T, H, W, C]
+Every sample position becomes one row, bad ones too: ``status`` is ``"ok"`` or a skip
+reason (``pipelines.samples.SKIP_REASONS``), logged with the shard URL and the key,
+so the consumer counts them and the cursor stays exact. Samples that ``index.json``
+lists but the shard does not hold (0-byte, all-zero or truncated tars) are rows with
+status ``empty_shard`` / ``missing_from_shard``; a shard that differs from the index
+carries ``shard_issue`` (``pipelines.samples.SHARD_ISSUES``) on its position-0 row.
+Rows come in a deterministic order (``preserve_order``): the rank's units in plan
+order, samples in their seeded order per shard. Normalisation to ``[-1, 1]`` happens
+in ``pipelines.batching.collate`` (uint8 rows are 4x lighter in the object store).
 
-Every sample becomes one row, bad ones too: ``status`` is ``"ok"`` or a skip reason
-(``pipelines.samples.SKIP_REASONS``), logged with the shard URL and the key, so the
-consumer counts them and the cursor stays exact. Rows are in a deterministic order
-(``preserve_order``): shards in a seeded order per epoch, samples in a seeded order
-per shard. Normalisation to ``[-1, 1]`` happens in ``pipelines.batching.collate``
-(uint8 rows are 4x lighter in the object store).
+Driver or worker::
 
-Driver::
-
-    ds = build_dataset(cfg, cursor=cursor)              # cfg: DataConfig
-    trainer = TorchTrainer(..., datasets={"train": ds},
-                           dataset_config=pipelines.ingest.exactly_once_config())
+    ds = build_dataset(cfg)                                   # the whole data, world 1
+    ds = build_dataset(cfg, cursor=c, rank=r, world=w)        # rank r's share after c
+    stream = pipelines.ingest.worker_stream(cfg, c, rank=r, world=w)   # both + batching
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from functools import partial
 from typing import Any
@@ -31,15 +35,18 @@ from typing import Any
 import numpy as np
 
 from flowception.pipelines import schema
-from flowception.pipelines.batching import DataCursor
 from flowception.pipelines.config import DataConfig
 from flowception.pipelines.decode import DecodeError, centre_crop_resize, decode_mp4
+from flowception.pipelines.ingest import DataCursor, SplitSpec, add_range, rank_units
 from flowception.pipelines.samples import plan_clip, read_samples, sample_rng, shard_order
 from flowception.pipelines.shards import ShardInfo, Storage, list_shards, read_bytes
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("key", "url", "epoch", "shard", "pos", "count", "status", "detail", "label", "video")
+COLUMNS = (
+    "key", "url", "epoch", "unit", "shard", "pos", "count", "status", "detail", "label",
+    "shard_issue", "video",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- #
@@ -47,8 +54,29 @@ COLUMNS = ("key", "url", "epoch", "shard", "pos", "count", "status", "detail", "
 # --------------------------------------------------------------------------- #
 
 
+def shard_issues(data: bytes, info: ShardInfo | None, found: int) -> list[str]:
+    """How a shard's bytes and sample count differ from its ``index.json`` entry."""
+    if info is None:
+        return []
+    issues = []
+    if info.bytes is not None and len(data) != info.bytes:
+        issues.append("size_mismatch")
+    if info.sha256 is not None and hashlib.sha256(data).hexdigest() != info.sha256:
+        issues.append("sha256_mismatch")
+    if info.num_samples is not None and found != info.num_samples:
+        issues.append("count_mismatch")
+    return issues
+
+
 def read_shard_rows(
-    cfg: DataConfig, url: str, epoch: int, shard: int, skip: tuple[tuple[int, int], ...] = ()
+    cfg: DataConfig,
+    url: str,
+    epoch: int,
+    shard: int,
+    skip: tuple[tuple[int, int], ...] = (),
+    *,
+    info: ShardInfo | None = None,
+    unit: int = 0,
 ) -> dict[str, np.ndarray]:
     """The rows of one shard for one epoch, before decoding (column batch).
 
@@ -58,51 +86,79 @@ def read_shard_rows(
         epoch: epoch (seeds the sample order and clip starts).
         shard: index of the shard in the shard list.
         skip: half-open position ranges already consumed (from a cursor).
+        info: the shard's ``index.json`` entry, to check size, sha256 and sample count
+            and to count the samples a damaged shard lost.
+        unit: index of this read in the rank's plan for ``epoch`` (for the cursor).
 
     Returns:
-        Columns ``key, url, epoch, shard, pos, count, status, detail, label, start,
-        length, mp4``; one row per sample position not in ``skip``.
+        Columns ``COLUMNS`` minus ``video``, plus ``start, length, mp4``; one row per
+        sample position not in ``skip``.
     """
     data = read_bytes(url, Storage.from_config(cfg))
     samples = read_samples(data)
+    issues = shard_issues(data, info, len(samples))
+    if issues and not any(a == 0 for a, _ in skip):
+        log.warning(
+            "shard %s differs from index.json: %s (%d bytes, %d samples; index: %s bytes, %s samples)",
+            url, ", ".join(issues), len(data), len(samples),
+            info.bytes if info else None, info.num_samples if info else None,
+        )  # fmt: skip
+    indexed = info.num_samples if info is not None and info.num_samples is not None else 0
+    count = max(len(samples), indexed, 0 if samples or data.strip(b"\0") else 1)
+    lost = "empty_shard" if not samples else "missing_from_shard"
     order = shard_order(
-        len(samples), seed=cfg.seed, epoch=epoch, salt=f"shard:{shard}", shuffle=cfg.shuffle
+        count, seed=cfg.seed, epoch=epoch, salt=f"shard:{shard}", shuffle=cfg.shuffle
     )
     rows: dict[str, list[Any]] = {c: [] for c in (*COLUMNS[:-1], "start", "length", "mp4")}
     for pos, i in enumerate(order):
         if any(a <= pos < b for a, b in skip):
             continue
-        s = samples[i]
-        status, detail, start, length = s.skip or "ok", s.detail, 0, 0
-        if s.meta is not None:
+        if i >= len(samples):
+            key, status, detail, meta = f"?#{i}", lost, "", None
+            detail = f"index.json lists {count} samples, the shard holds {len(samples)}"
+            mp4 = b""
+        else:
+            s = samples[i]
+            key, status, detail, meta = s.key, s.skip or "ok", s.detail, s.meta
+            mp4 = s.parts.get(schema.VIDEO_EXT, b"")
+        start, length = 0, 0
+        if meta is not None:
             plan = plan_clip(
-                s.meta.num_frames,
+                meta.num_frames,
                 max_frames=cfg.num_frames,
                 min_frames=cfg.min_frames,
                 stride=cfg.frame_stride,
                 random_start=cfg.clip_start == "random",
-                rng=sample_rng(cfg.seed, epoch, s.key),
+                rng=sample_rng(cfg.seed, epoch, key),
             )
             if plan is None:
-                status, detail = "too_short", f"{s.meta.num_frames} frames in the json"
+                status, detail = "too_short", f"{meta.num_frames} frames in the json"
             else:
                 start, length = plan
         if status != "ok":
-            log.warning("skip %s %s key=%s: %s", status, url, s.key, detail)
-        label = s.meta.label if s.meta is not None and s.meta.label is not None else schema.NO_LABEL
-        values = (s.key, url, epoch, shard, pos, len(samples), status, detail, label, start, length)
+            log.warning("skip %s %s key=%s: %s", status, url, key, detail)
+        label = meta.label if meta is not None and meta.label is not None else schema.NO_LABEL
+        issue = ",".join(issues) if pos == 0 else ""
+        values = (
+            key, url, epoch, unit, shard, pos, count, status, detail, label, issue, start, length,
+        )  # fmt: skip
         for col, value in zip(rows, values):
             rows[col].append(value)
-        rows["mp4"].append(s.parts.get(schema.VIDEO_EXT, b"") if status == "ok" else b"")
-    return {c: _column(v) for c, v in rows.items()}
+        rows["mp4"].append(mp4 if status == "ok" else b"")
+    return {c: _column(v, c) for c, v in rows.items()}
 
 
-def _column(values: list[Any]) -> np.ndarray:
-    if values and isinstance(values[0], (bytes, np.ndarray)):
+_STR_COLUMNS = {"key", "url", "status", "detail", "shard_issue"}
+
+
+def _column(values: list[Any], name: str = "") -> np.ndarray:
+    if name == "mp4" or (values and isinstance(values[0], (bytes, np.ndarray))):
         out = np.empty(len(values), dtype=object)
         out[:] = values
         return out
-    return np.asarray(values)
+    if name in _STR_COLUMNS:
+        return np.asarray(values, dtype=str)
+    return np.asarray(values, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- #
@@ -161,104 +217,124 @@ def decode_rows(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.n
 #                                Datasource                                   #
 # --------------------------------------------------------------------------- #
 
+Read = tuple[int, int, int, tuple[tuple[int, int], ...]]  # epoch, unit, shard, skip
 
-def plan_reads(
-    cfg: DataConfig, shards: list[ShardInfo], cursor: DataCursor | None = None
-) -> list[tuple[str, int, int, tuple[tuple[int, int], ...]]]:
-    """The read tasks in stream order: ``(url, epoch, shard, skip)`` for every epoch
-    from ``cursor.epoch`` to ``cfg.epochs``, shards in their seeded order, done ones left out.
-    """
-    cursor = cursor or DataCursor()
+
+def plan_reads(spec: SplitSpec, cursor: DataCursor, rank: int = 0, world: int = 1) -> list[Read]:
+    """Rank ``rank``'s read tasks in stream order, from its position in ``cursor`` to the
+    last epoch: ``(epoch, unit, shard, skip)`` (see ``pipelines.ingest``)."""
+    cursor = cursor.for_rank(rank, world, spec)
+    at = cursor.position(rank)
     reads = []
-    for epoch in range(cursor.epoch, cfg.epochs):
-        for i in shard_order(
-            len(shards), seed=cfg.seed, epoch=epoch, salt="shards", shuffle=cfg.shuffle
-        ):
-            skip = cursor.skip(epoch, i)
-            if skip is not None:
-                reads.append((shards[i].url, epoch, i, skip))
+    for epoch in range(at.epoch, spec.epochs):
+        units = rank_units(spec, epoch, rank, world, cursor.base_for(epoch))
+        for u, unit in enumerate(units):
+            if epoch == at.epoch and u < at.unit:
+                continue
+            first = (epoch, u) == (at.epoch, at.unit)
+            skip = add_range(unit.skip, 0, at.pos) if first else unit.skip
+            reads.append((epoch, u, unit.shard, skip))
     return reads
 
 
-def _read_task(cfg: DataConfig, url: str, epoch: int, shard: int, skip: Any):
+def read_task(cfg: DataConfig, shards: list[ShardInfo], read: Read) -> dict[str, np.ndarray]:
+    """One unit, read and decoded (columns ``COLUMNS``)."""
+    epoch, unit, shard, skip = read
+    info = shards[shard]
+    rows = read_shard_rows(cfg, info.url, epoch, shard, skip, info=info, unit=unit)
+    return decode_rows(rows, cfg)
+
+
+def _read_block(cfg: DataConfig, shards: list[ShardInfo], read: Read):
     from ray.data.block import BlockAccessor
 
-    batch = read_shard_rows(cfg, url, epoch, shard, skip)
-    yield BlockAccessor.batch_to_block(batch)
+    yield BlockAccessor.batch_to_block(read_task(cfg, shards, read))
 
 
-def _datasource(cfg: DataConfig, shards: list[ShardInfo], cursor: DataCursor | None):
+def _datasource(cfg: DataConfig, shards: list[ShardInfo], reads: list[Read]):
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
     class VideoShardDatasource(Datasource):
-        """One read task per (epoch, shard), in ``plan_reads`` order."""
-
-        def __init__(self) -> None:
-            self.reads = plan_reads(cfg, shards, cursor)
-            self.sizes = {s.url: s.bytes for s in shards}
+        """One read+decode task per unit, in ``plan_reads`` order."""
 
         def estimate_inmemory_data_size(self) -> int | None:
-            sizes = [self.sizes[url] for url, *_ in self.reads]
+            sizes = [shards[shard].bytes for _, _, shard, _ in reads]
             return None if None in sizes else int(sum(sizes))
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
             return [
                 ReadTask(
-                    partial(_read_task, cfg, url, epoch, shard, skip),
+                    partial(_read_block, cfg, shards, read),
                     BlockMetadata(
                         num_rows=None,
-                        size_bytes=self.sizes[url],
+                        size_bytes=shards[read[2]].bytes,
                         exec_stats=None,
-                        input_files=(url,),
+                        input_files=(shards[read[2]].url,),
                     ),
                     per_task_row_limit=per_task_row_limit,
                 )
-                for url, epoch, shard, skip in self.reads
+                for read in reads
             ]
 
     return VideoShardDatasource()
 
 
-def build_dataset(cfg: DataConfig, *, cursor: DataCursor | None = None):
-    """The Ray Data dataset of decoded rows over ``cfg.shards`` for epochs
-    ``cursor.epoch .. cfg.epochs - 1``, leaving out what ``cursor`` says was consumed.
+def shard_list(cfg: DataConfig) -> list[ShardInfo]:
+    """The shards under ``cfg.shards`` (``index.json`` entries when there is an index).
+
+    Raises:
+        FileNotFoundError: the directory, prefix, bucket or a listed shard is missing.
+    """
+    shards = list_shards(cfg.shards, Storage.from_config(cfg))
+    if not shards:
+        raise FileNotFoundError(f"{cfg.shards}: no shards")
+    return shards
+
+
+def build_dataset(
+    cfg: DataConfig,
+    *,
+    cursor: DataCursor | None = None,
+    rank: int = 0,
+    world: int = 1,
+    shards: list[ShardInfo] | None = None,
+):
+    """Rank ``rank`` of ``world``'s decoded rows over ``cfg.shards``, from its position in
+    ``cursor`` to the last epoch (``cfg.epochs``), in a deterministic order.
 
     Args:
         cfg: data config.
-        cursor: merged cursor of a checkpoint (``DataCursor.merge``), or ``None``.
+        cursor: a job cursor (``DataCursor.merge``) or a rank's; ``None``: the start.
+        rank: this worker's rank.
+        world: number of workers sharing the data.
+        shards: the shard list, if already listed (``shard_list``).
 
     Returns:
-        ``ray.data.Dataset`` with columns ``COLUMNS``; feed it to
-        ``pipelines.batching.VideoBatchStream`` (directly or per Train worker).
+        ``ray.data.Dataset`` with columns ``COLUMNS`` (``None`` columns when this rank has
+        nothing left to read); feed it to ``pipelines.batching.VideoBatchStream``.
 
     Raises:
         FileNotFoundError: the shard directory, prefix, bucket or a listed shard is missing.
     """
     import ray
 
-    # Resolve the endpoint here so that read tasks use the driver's, whatever their env.
+    # Resolve the endpoint here so that read tasks use the caller's, whatever their env.
     cfg = cfg.replace(s3_endpoint_url=cfg.endpoint_url())
-    shards = list_shards(cfg.shards, Storage.from_config(cfg))
-    if not shards:
-        raise FileNotFoundError(f"{cfg.shards}: no shards")
+    shards = shards or shard_list(cfg)
+    spec = SplitSpec.from_config(cfg, len(shards))
+    reads = plan_reads(spec, cursor or DataCursor(), rank, world)
+    if not reads:
+        return ray.data.from_items([])
     ds = ray.data.read_datasource(
-        _datasource(cfg, shards, cursor),
-        compute=ray.data.TaskPoolStrategy(size=cfg.decode_workers),
-        override_num_blocks=max(1, len(shards)),
-    )
-    ds = ds.map_batches(
-        decode_rows,
-        fn_kwargs={"cfg": cfg},
-        batch_size=None,
-        batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=cfg.decode_workers),
-        zero_copy_batch=True,
+        _datasource(cfg, shards, reads),
+        override_num_blocks=len(reads),
+        concurrency=cfg.decode_workers,
     )
     ds.context.execution_options.preserve_order = True
     return ds
 
 
 def num_shards(cfg: DataConfig) -> int:
-    """Number of shards under ``cfg.shards`` (for ``DataCursor.merge(..., num_shards)``)."""
-    return len(list_shards(cfg.shards, Storage.from_config(cfg)))
+    """Number of shards under ``cfg.shards``."""
+    return len(shard_list(cfg))

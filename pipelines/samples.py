@@ -27,6 +27,13 @@ SKIP_REASONS = (
     "bad_json",  # not JSON or a field missing / of the wrong type
     "bad_video",  # PyAV cannot decode the MP4
     "too_short",  # fewer frames than min_frames after the stride
+    "empty_shard",  # the shard holds no sample at all (0 bytes, all zeros): one per indexed sample
+    "missing_from_shard",  # index.json lists more samples than the shard holds (cut short)
+)
+SHARD_ISSUES = (  # counted once per shard read, next to the per-sample reasons
+    "size_mismatch",  # the shard's size differs from index.json's "bytes"
+    "sha256_mismatch",  # its sha256 differs from index.json's "sha256"
+    "count_mismatch",  # its sample count differs from index.json's "num_samples"
 )
 _ZERO = bytes(512)
 _MAGIC_OFFSET = 257

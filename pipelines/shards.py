@@ -173,6 +173,26 @@ class ShardInfo:
     sha256: str | None = None
 
 
+def parse_index(raw: bytes, where: str) -> dict[str, Any]:
+    """``index.json`` checked: JSON, the project's format, a ``shards`` list of entries
+    each with a ``name`` (a ``ValueError`` naming ``where`` and the key otherwise)."""
+    try:
+        index = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(index, dict) or index.get("format") != schema.FORMAT:
+        got = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise ValueError(f"{where}: unknown format {got!r}, expected {schema.FORMAT!r}")
+    shards = index.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(e, dict) and "name" in e for e in shards):
+        raise ValueError(
+            f"{where}: key 'shards' must be a list of {{'name', 'num_samples', 'bytes', "
+            f"'sha256'}} entries (got {type(shards).__name__}); rewrite it with "
+            "`flowception data make-shards` or delete it to list *.tar"
+        )
+    return index
+
+
 def list_shards(base: str, storage: Storage | None = None) -> list[ShardInfo]:
     """The shards under ``base``: from ``index.json`` if present, else ``*.tar`` sorted by name.
 
@@ -186,13 +206,11 @@ def list_shards(base: str, storage: Storage | None = None) -> list[ShardInfo]:
     entries = with_retries(lambda: fs.ls(path, detail=True), what=base, attempts=storage.retries)
     present = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in entries}
     if schema.INDEX_NAME in present:
-        index = json.loads(read_bytes(join(base, schema.INDEX_NAME), storage))
-        if index.get("format") != schema.FORMAT:
-            raise ValueError(
-                f"{join(base, schema.INDEX_NAME)}: unknown format {index.get('format')!r}"
-            )
+        index = parse_index(
+            read_bytes(join(base, schema.INDEX_NAME), storage), join(base, schema.INDEX_NAME)
+        )
         shards = [
-            ShardInfo(join(base, s["name"]), s["num_samples"], s["bytes"], s["sha256"])
+            ShardInfo(join(base, s["name"]), s.get("num_samples"), s.get("bytes"), s.get("sha256"))
             for s in index["shards"]
         ]
         missing = [s["name"] for s in index["shards"] if s["name"] not in present]

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from flowception.pipelines.batching import (
-    DataCursor,
     FrameBudgetBatcher,
     VideoBatchStream,
     collate,
 )
+from flowception.pipelines.ingest import Position
 
 from .conftest import data_cfg
 
@@ -24,6 +24,7 @@ class ListSource:
 
     def iter_batches(self, *, batch_size, batch_format, prefetch_batches=1):
         assert batch_format == "numpy"
+        batch_size = batch_size or 3
         for i in range(0, len(self.rows), batch_size):
             chunk = self.rows[i : i + batch_size]
             batch = {}
@@ -42,11 +43,13 @@ def _rows(lengths, epoch=0, shard=0, status=None):
             {
                 "key": f"e{epoch}s{shard}k{i}",
                 "epoch": epoch,
+                "unit": shard,
                 "shard": shard,
                 "pos": i,
                 "count": len(lengths),
                 "status": (status or {}).get(i, "ok"),
                 "label": i % 3 - 1,
+                "shard_issue": "",
                 "video": np.full((n, 4, 4, 1), 10 * i, dtype=np.uint8),
             }
         )
@@ -90,7 +93,9 @@ def test_bad_rows_are_counted_not_batched():
     keys = [k for b in stream for k in b.keys]
     assert keys == ["e0s0k0", "e0s0k2"]
     assert stream.skipped == {"bad_video": 1, "too_short": 1}
-    assert stream.cursor.shards_done == ((0, 0),)  # bad rows count as consumed
+    assert stream.cursor.positions == (Position(1),)  # the end: bad rows count as consumed
+    assert stream.cursor.skipped == ((0, "bad_video", 1), (0, "too_short", 1))
+    assert stream.cursor.samples == ((0, 2),)
 
 
 def test_oversized_clip_is_an_error():
@@ -98,28 +103,23 @@ def test_oversized_clip_is_an_error():
         FrameBudgetBatcher(4, 8).push(_rows([5])[0])
 
 
-def test_cursor_tracks_yielded_batches_only():
-    rows = _rows([4, 4, 4, 4, 4])
+def test_cursor_moves_to_the_first_row_of_the_next_batch():
+    rows = _rows([4, 4, 4, 4, 4], status={2: "bad_video"})
     stream = VideoBatchStream(ListSource(rows), data_cfg("unused", frame_budget=8))
     it = iter(stream)
     first = next(it)
     assert first.keys == ["e0s0k0", "e0s0k1"]
-    assert stream.cursor.skip(0, 0) == ((0, 2),)  # k2 may be pending, not counted
-    list(it)
-    assert stream.cursor.skip(0, 0) is None  # shard done
+    # k2 (bad) was met before k3, the row that did not fit: both are in the cursor
+    assert stream.cursor.positions == (Position(0, 0, 3),)
+    assert stream.cursor.skipped == ((0, "bad_video", 1),)
+    assert stream.cursor.samples == ((0, 2),)
+    assert [b.keys for b in it] == [["e0s0k3", "e0s0k4"]]
+    assert stream.cursor.positions == (Position(1),)  # data.epochs = 1: finished
 
 
-def test_cursor_round_trip_and_merge():
-    a = DataCursor().advance(0, 1, 0, 3).advance(0, 1, 1, 3).advance(0, 2, 0, 1)
-    b = DataCursor().advance(0, 1, 2, 3).advance(1, 0, 4, 9)
-    assert a.shards_done == ((0, 2),) and a.skip(0, 1) == ((0, 2),)
-    assert DataCursor.from_dict(a.to_dict()) == a
-    merged = DataCursor.merge([a, b])
-    assert merged.skip(0, 1) == ((0, 3),) and merged.skip(0, 2) is None
-    assert merged.skip(1, 0) == ((4, 5),) and merged.skip(1, 1) == ()
-    done = DataCursor.merge([DataCursor(shards_done=((0, 0), (0, 1), (1, 0)))], num_shards=2)
-    assert done.epoch == 1 and done.shards_done == ((1, 0),)
-    assert done.skip(0, 1) is None
-    assert DataCursor.merge([], num_shards=0) == DataCursor()
-    with pytest.raises(ValueError, match="unknown"):
-        DataCursor.from_dict({"epoch": 0, "step": 3})
+def test_cursor_carries_shard_issues_once_per_shard():
+    rows = _rows([2, 2], shard=0) + _rows([2], shard=1)
+    rows[0]["shard_issue"] = "size_mismatch,sha256_mismatch"
+    stream = VideoBatchStream(ListSource(rows), data_cfg("unused"))
+    list(stream)
+    assert stream.cursor.skipped == ((0, "sha256_mismatch", 1), (0, "size_mismatch", 1))

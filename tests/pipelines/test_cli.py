@@ -38,7 +38,48 @@ def test_make_shards_then_check(tmp_path, capsys):
     assert index["meta"] == {"source": "moving_mnist", "split": "train", "size": 32}
     capsys.readouterr()
     assert main(["data", "check", "--shards", str(out), "--size", "32", "--channels", "1"]) == 0
-    assert capsys.readouterr().out.split() == ["ok", "7"]
+    lines = capsys.readouterr().out.splitlines()
+    assert [x.split() for x in lines[:-1]] == [["ok", "7"]]
+    assert lines[-1] == "3 shard(s), 0 differ from index.json"
+
+
+def _shards(tmp_path, capsys):
+    out = tmp_path / "mm"
+    args = ["--size", "32", "--num-videos", "8", "--max-samples", "4", "--min-frames", "2"]
+    assert main(["data", "make-shards", "moving-mnist", "--out", str(out), *args]) == 0
+    capsys.readouterr()
+    return out
+
+
+def _check(out, capsys):
+    rc = main(["data", "check", "--shards", str(out), "--size", "32", "--channels", "1"])
+    return rc, capsys.readouterr().out
+
+
+def test_check_compares_shards_with_their_index(tmp_path, capsys):
+    out = _shards(tmp_path, capsys)
+    (out / "shard-000000.tar").write_bytes(b"")  # emptied: its 4 indexed samples are lost
+    rc, text = _check(out, capsys)
+    assert rc == 1
+    assert "shard-000000.tar: size_mismatch,sha256_mismatch,count_mismatch" in text
+    assert {tuple(x.split()) for x in text.splitlines()} >= {("ok", "4"), ("empty_shard", "4")}
+
+    one = out / "shard-000001.tar"
+    one.write_bytes(one.read_bytes()[:12000])  # ~5 kB a sample: cut inside the 3rd
+    rc, text = _check(out, capsys)
+    counts = dict(x.split() for x in text.splitlines() if len(x.split()) == 2)
+    lost = sum(int(counts.get(k, 0)) for k in ("truncated", "missing_from_shard"))
+    assert counts["empty_shard"] == "4"
+    assert int(counts["ok"]) + lost == 4 and lost >= 1  # every indexed sample is counted
+    assert "shard-000001.tar: size_mismatch" in text
+
+
+def test_check_names_an_index_without_shards(tmp_path, capsys):
+    out = _shards(tmp_path, capsys)
+    (out / "index.json").write_text(json.dumps({"format": "flowception-shards/1"}))
+    assert main(["data", "check", "--shards", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "index.json: key 'shards' must be a list" in err[0]
 
 
 def test_make_shards_to_s3(s3_bucket, s3_endpoint):

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flowception.pipelines.batching import DataCursor, VideoBatchStream
 from flowception.pipelines.dataset import build_dataset, decode_rows, read_shard_rows
-from flowception.pipelines.ingest import split_for_workers
+from flowception.pipelines.ingest import DataCursor, worker_stream
 from flowception.pipelines.samples import read_samples
 from flowception.pipelines.shards import Storage, list_shards, write_bytes
 
@@ -21,9 +20,9 @@ from .conftest import NUM_VIDEOS, data_cfg, meta_json, tar_bytes, tiny_mp4
 ALL_KEYS = {f"mnist_train_{i:07d}" for i in range(NUM_VIDEOS)}
 
 
-def _samples(cfg, cursor=None):
+def _samples(cfg, cursor=None, rank=0, world=1):
     """(epoch, key) -> (video bytes, label), in stream order, plus the stream."""
-    stream = VideoBatchStream(build_dataset(cfg, cursor=cursor), cfg, cursor=cursor or DataCursor())
+    stream = worker_stream(cfg, cursor, rank=rank, world=world)
     out = []
     for b in stream:
         for i, key in enumerate(b.keys):
@@ -118,22 +117,22 @@ def test_epochs_orders_and_determinism(ray_data, mnist_dir):
     assert [k for (_, k), *_ in other] != by_epoch[0]
 
 
+def _keys(batches):
+    return [k for k, *_ in batches]
+
+
 def test_two_workers_get_disjoint_shares_covering_the_data(ray_data, mnist_dir):
     cfg = data_cfg(mnist_dir, epochs=2)
     results: list[list] = [[], []]
     errors: list[BaseException] = []
 
-    def worker(rank, it):
+    def worker(rank):
         try:
-            for b in VideoBatchStream(it, cfg):
-                results[rank] += [(b.epoch, k) for k in b.keys]
+            results[rank] = _keys(_samples(cfg, rank=rank, world=2)[0])
         except BaseException as exc:  # surface in the main thread
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=worker, args=(r, it))
-        for r, it in enumerate(split_for_workers(build_dataset(cfg), 2))
-    ]
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -142,56 +141,41 @@ def test_two_workers_get_disjoint_shares_covering_the_data(ray_data, mnist_dir):
     a, b = results
     assert a and b and not set(a) & set(b)
     assert sorted(a + b) == sorted((e, k) for e in (0, 1) for k in ALL_KEYS)
+    assert _keys(_samples(cfg, rank=1, world=2)[0]) == b  # the same share, whatever the timing
+
+
+def _stop_after(cfg, cursor, rank, world, n):
+    """Rank ``rank``'s keys of its first ``n`` batches and its cursor then."""
+    stream = worker_stream(cfg, cursor, rank=rank, world=world)
+    seen = []
+    for i, b in enumerate(stream):
+        seen += [(b.epoch, k) for k in b.keys]
+        if i + 1 == n:
+            break
+    return seen, DataCursor.from_dict(stream.cursor.to_dict())  # as a checkpoint stores it
 
 
 def test_resume_from_cursor_sees_the_rest_exactly_once(ray_data, mnist_dir):
     cfg = data_cfg(mnist_dir, epochs=2)
     full, _ = _samples(cfg)
-    stream = VideoBatchStream(build_dataset(cfg), cfg)
-    seen = []
-    for i, b in enumerate(stream):
-        seen += [(b.epoch, k) for k in b.keys]
-        if i == 3:
-            break
-    saved = DataCursor.from_dict(stream.cursor.to_dict())  # as a checkpoint stores it
-    rest, _ = _samples(cfg, DataCursor.merge([saved], num_shards=3))
-    rest_keys = [k for k, *_ in rest]
-    assert not set(seen) & set(rest_keys)
-    assert sorted(seen + rest_keys) == sorted(k for k, *_ in full)
-    assert rest == [x for x in full if x[0] not in set(seen)]  # same order, same clips
+    seen, saved = _stop_after(cfg, None, 0, 1, 4)
+    rest, _ = _samples(cfg, DataCursor.merge([saved]))
+    assert seen == _keys(full)[: len(seen)]
+    assert rest == full[len(seen) :]  # same order, same clips
 
 
-@pytest.mark.slow
-def test_ray_train_workers_get_disjoint_shares(ray_data, mnist_dir, tmp_path):
-    import ray.train
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-
-    from flowception.pipelines.ingest import exactly_once_config
-
-    cfg = data_cfg(mnist_dir)
-    out = tmp_path / "keys"
-    out.mkdir()
-
-    def loop(config):
-        from flowception.pipelines.batching import VideoBatchStream as Stream
-
-        ctx = ray.train.get_context()
-        stream = Stream(ray.train.get_dataset_shard("train"), config["cfg"])
-        keys = [k for b in stream for k in b.keys]
-        (Path(config["out"]) / f"rank{ctx.get_world_rank()}.txt").write_text("\n".join(keys))
-
-    trainer = DataParallelTrainer(
-        loop,
-        train_loop_config={"cfg": cfg, "out": str(out)},
-        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.25}),
-        run_config=ray.train.RunConfig(storage_path=str(tmp_path / "runs"), name="ingest"),
-        datasets={"train": build_dataset(cfg)},
-        dataset_config=exactly_once_config(),
-    )
-    trainer.fit()
-    shares = [set((out / f"rank{r}.txt").read_text().split()) for r in range(2)]
-    assert shares[0] and shares[1] and not shares[0] & shares[1]
-    assert shares[0] | shares[1] == ALL_KEYS
+def test_resume_with_another_world_size_sees_every_sample_once(ray_data, mnist_dir):
+    """Two workers stop mid-epoch; three workers finish both epochs (issue 15 item 4)."""
+    cfg = data_cfg(mnist_dir, epochs=2, max_batch_size=2)
+    seen, cursors = [], []
+    for rank, n in ((0, 1), (1, 3)):
+        keys, cursor = _stop_after(cfg, None, rank, 2, n)
+        seen += keys
+        cursors.append(cursor)
+    job = DataCursor.merge(cursors)
+    for rank in range(3):
+        seen += _keys(_samples(cfg, job, rank=rank, world=3)[0])
+    assert sorted(seen) == sorted((e, k) for e in (0, 1) for k in ALL_KEYS)
 
 
 def test_shard_bytes_equal_their_index_checksums(mnist_dir):
