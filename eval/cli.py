@@ -46,6 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_error(exc: BaseException) -> str | None:
+    """One line saying what went wrong and what to do, for errors a user can fix; else None.
+
+    Config and input errors (``ValueError``, missing files) carry their own message;
+    storage errors are recognised by their class names (botocore is not imported here).
+    """
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "NoCredentialsError" in names or "PartialCredentialsError" in names:
+        return ("no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE), or data.s3_anon=true for a public bucket")  # fmt: skip
+    if "EndpointConnectionError" in names:
+        return f"{exc}: check the S3 endpoint (data.s3_endpoint_url / AWS_ENDPOINT_URL)"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc}"
+    if isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
+
 def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
     for action in parser._subparsers._group_actions:
         if command in action.choices:
@@ -82,9 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_config(args.command, args)
             return 0
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        # Config and input errors: one clear line, no traceback.
-        print(f"flowception {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - known user errors become one line, others raise
+        message = user_error(exc)
+        if message is None:
+            raise
+        from flowception.redact import redact_text
+
+        print(f"flowception {args.command}: error: {redact_text(message)}", file=sys.stderr)
         return 2
 
 
