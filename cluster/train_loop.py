@@ -30,7 +30,7 @@ from flowception.cluster.config import TrainConfig
 from flowception.cluster.deepspeed_config import deepspeed_config
 from flowception.cluster.faults import maybe_die
 from flowception.cluster.lr import lr_scheduler
-from flowception.model.flops import training_flops
+from flowception.model.flops import gemm_rate, training_flops
 
 log = logging.getLogger("flowception.train")
 
@@ -151,7 +151,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from flowception.model.dit import DiT
     from flowception.model.ema import EMA
     from flowception.model.generate import generate
-    from flowception.model.training import training_step
+    from flowception.model.schedule import mean_insertion_target
+    from flowception.model.training import calibration_warnings, rate_calibration, training_step
     from flowception.pipelines.ingest import DataCursor, UnusableDataError, worker_stream
 
     cfg = TrainConfig.from_dict(config["train"])
@@ -169,7 +170,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # [2] DeepSpeed engine (same init on every rank), EMA, restore
     torch.manual_seed(cfg.seed)
-    net = DiT(cfg.model)
+    # rate head starts at the training law's mean k for the configured clip length (issue 17)
+    net = DiT(cfg.model, rate_init=mean_insertion_target(cfg.data.num_frames, cfg.method))
     ema = EMA(net, cfg.optim.ema_decay)
     engine, *_ = deepspeed.initialize(
         model=net,
@@ -205,6 +207,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     last: dict[str, float] = {}
     diag_sums: dict[str, float] = {}
     diag_counts: dict[str, int] = {}
+    calib_sums: dict[str, float] = {}  # rate_lambda_sum/<task>, rate_k_sum/<task>
+    # fp32 GEMM rate summed over ranks (each with its threads): the denominator of mfu_cpu
+    peak = torch.tensor([0.0 if cfg.cluster.use_gpu else gemm_rate()], dtype=torch.float64)
+    dist.all_reduce(peak := peak.to(device))
     logged: set[int] = set()  # epochs whose data counts went to MLflow
     flops_total = 0.0  # training FLOPs of the packed batches since this worker started
     for batch in synced(stream, device) if step < cfg.steps else ():
@@ -247,6 +253,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for key in DIAGNOSTICS.keys() & out.stats.keys():
             diag_sums[key] = diag_sums.get(key, 0.0) + out.stats[key]
             diag_counts[key] = diag_counts.get(key, 0) + 1
+        for key in [k for k in out.stats if k.startswith(("rate_lambda_sum/", "rate_k_sum/"))]:
+            calib_sums[key] = calib_sums.get(key, 0.0) + out.stats[key]
         if micro % cfg.optim.grad_accum_steps:
             continue
         step += 1
@@ -272,12 +280,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             }
             flops_total += window[6].item()
             last["train_flops"] = flops_total
+            if peak.item() > 0:
+                last["mfu_cpu"] = window[6].item() / dt / peak.item()
+            last.update(rate_calibration(calib_sums))
+            calib_sums.clear()
             last.update({DIAGNOSTICS[k]: v / diag_counts[k] for k, v in diag_sums.items()})
             last.update(_data_counts(stream, rank, device, cfg, tracker, logged))
             diag_sums.clear()
             diag_counts.clear()
             if rank == 0:
                 _warn_rate_collapse(last, step)
+                for message in calibration_warnings(last, step, cfg.steps):
+                    log.warning(message)
                 log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in last.items()))
                 if tracker:
                     tracker.log_metrics(last, step)

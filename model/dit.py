@@ -7,6 +7,7 @@ packed tokens, ``D`` width.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -122,7 +123,9 @@ class RateHead(nn.Module):
 class DiT(nn.Module):
     """Flowception DiT: ``(x, t, cu_seqlens) -> (velocity, rate)`` on packed frames."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, rate_init: float = 1.0):
+        """``rate_init``: the rate ``lambda`` every frame starts with (the trainer passes the
+        training law's mean ``k`` target, ``model.schedule.mean_insertion_target``)."""
         super().__init__()
         self.cfg = cfg
         d, p, c = cfg.width, cfg.patch_size, cfg.in_channels
@@ -140,10 +143,17 @@ class DiT(nn.Module):
             window=cfg.window,
             causal=cfg.attention == "causal",
         )
-        self.initialize_weights()
+        self.initialize_weights(rate_init)
 
-    def initialize_weights(self) -> None:
-        """Xavier linears; zero AdaLN output layers and both heads (AdaLN-zero, spec 7)."""
+    def initialize_weights(self, rate_init: float = 1.0) -> None:
+        """Xavier linears; zero AdaLN output layers and both heads (AdaLN-zero, spec 7).
+
+        The rate head's last layer has zero weights and the bias that makes every frame's
+        rate ``rate_init`` (E16 inverted): the insertion loss then starts at its optimum
+        for a constant rate instead of ``exp(0) = 1``, 2-3x the mean ``k`` target.
+        """
+        if not rate_init > 0:
+            raise ValueError(f"rate_init={rate_init!r}: must be > 0")
 
         def _basic(m: nn.Module) -> None:
             if isinstance(m, nn.Linear):
@@ -166,7 +176,9 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         nn.init.zeros_(self.rate_head.mlp[-1].weight)
-        nn.init.zeros_(self.rate_head.mlp[-1].bias)
+        nn.init.constant_(
+            self.rate_head.mlp[-1].bias, logit_from_rate(rate_init, self.cfg.rate_head)
+        )
 
     def _check(self, x: Tensor, t: Tensor, cu_seqlens: Tensor) -> None:
         c, (h, w) = self.cfg.in_channels, self.cfg.frame_size
@@ -239,6 +251,13 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], gh, gw, p, p, c)
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, gh * p, gw * p)
+
+
+def logit_from_rate(rate: float, head: str) -> float:
+    """Inverse of ``rate_from_logit`` for one positive rate (spec E16)."""
+    if head == "exp":
+        return math.log(rate)
+    return rate + math.log(-math.expm1(-rate))  # softplus^-1(r) = log(e^r - 1), stable
 
 
 def rate_from_logit(logit: Tensor, head: str) -> Tensor:

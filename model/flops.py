@@ -60,3 +60,28 @@ def insertion_phase_ratios(length: int, n_start: int) -> dict[str, float]:
     """E22: attention ``E[n^2] / L^2`` and tokens ``E[n] / L`` against full sequence."""
     e_n, e_n2 = expected_visible_moments(length, n_start)
     return {"attention": e_n2 / length**2, "tokens": e_n / length}
+
+
+def gemm_rate(size: int = 512, seconds: float = 0.5, device: str = "cpu") -> float:
+    """The machine's fp32 GEMM rate in FLOP/s: the best of timed ``size x size`` matmuls.
+
+    Uses torch's current thread count (a Ray Train worker's share of the CPU), ``2 size^3``
+    FLOPs per product, at least 3 products and ``seconds`` of timing. The denominator of
+    ``mfu_cpu`` (issue 17): training FLOPs per second over this rate.
+    """
+    import time
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device)
+    b = torch.randn(size, size, generator=g).to(device)
+    out = torch.empty(size, size, device=device)
+    torch.mm(a, b, out=out)  # warm-up: thread pool and caches
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < 3 or spent < seconds:
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        best, spent, runs = min(best, dt), spent + dt, runs + 1
+    return 2.0 * size**3 / best

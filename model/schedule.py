@@ -204,3 +204,22 @@ def insertion_targets(valid: Tensor, visible: Tensor) -> Tensor:
     missing = (valid & ~visible).long()
     k = torch.zeros(b, f, dtype=torch.long, device=visible.device)
     return k.scatter_add_(1, owner.clamp(min=0), missing * (owner >= 0).long())
+
+
+def mean_insertion_target(
+    length: int, method: MethodConfig, *, videos: int = 8192, seed: int = 0
+) -> float:
+    """The training law's mean ``k`` over rate-masked frames, E8w-weighted (E10, E12):
+    the constant rate that minimises E14 for videos of ``length`` frames.
+
+    It is what the rate head is initialised to (``DiT(rate_init=...)``); it depends weakly on
+    the length (``n_s = 2``, unconditional: 0.17 at ``L = 3``, 0.44 at 16, 0.46 at 32) and
+    is 1 when the method has no rate loss. Monte Carlo over ``videos`` draws of the law.
+    """
+    if method.method != "flowception":
+        return 1.0
+    lengths = torch.full((videos,), int(length), dtype=torch.long)
+    s = sample_training_times(lengths, int(length), method, torch.Generator().manual_seed(seed))
+    m = s.rate_mask.double() * s.loss_weight.double()[:, None]  # (B, F)
+    # floor: clips too short to miss a frame (k always 0) still get a finite log-rate
+    return max(float((s.k.double() * m).sum()) / float(m.sum()), 1e-3)

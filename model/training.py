@@ -186,3 +186,41 @@ def _stats(
             rate_p90=float(q[2]),
         )
     return stats
+
+
+CALIBRATION_BAND = (0.9, 1.1)  # issue 17: warn outside this band late in training
+CALIBRATION_TAIL = 0.1  # ... in the last 10% of the steps
+
+
+def rate_calibration(sums: dict[str, float]) -> dict[str, float]:
+    """``diag/rate_calibration`` (every task) and ``diag/rate_calibration/<task>`` from the
+    ``rate_lambda_sum/<task>`` and ``rate_k_sum/<task>`` stats summed over a log window.
+
+    A task whose ``k`` sum is 0 (no missing frame in the window) gets no ratio.
+    """
+    tasks = sorted(key.split("/", 1)[1] for key in sums if key.startswith("rate_lambda_sum/"))
+    out: dict[str, float] = {}
+    lam_all = k_all = 0.0
+    for task in tasks:
+        lam, k = sums[f"rate_lambda_sum/{task}"], sums.get(f"rate_k_sum/{task}", 0.0)
+        lam_all, k_all = lam_all + lam, k_all + k
+        if k > 0:
+            out[f"diag/rate_calibration/{task}"] = lam / k
+    if k_all > 0:
+        out["diag/rate_calibration"] = lam_all / k_all
+    return out
+
+
+def calibration_warnings(metrics: dict[str, float], step: int, total_steps: int) -> list[str]:
+    """Messages for each ``diag/rate_calibration*`` outside ``CALIBRATION_BAND`` once
+    ``step`` is in the last ``CALIBRATION_TAIL`` of ``total_steps``; empty before that."""
+    if step < (1.0 - CALIBRATION_TAIL) * total_steps:
+        return []
+    lo, hi = CALIBRATION_BAND
+    return [
+        f"step {step}/{total_steps}: {key}={value:.3f} outside [{lo}, {hi}]: the rate head "
+        f"{'over' if value > hi else 'under'}-predicts missing frames, so generated lengths "
+        "will be biased; train longer or lower the learning rate"
+        for key, value in sorted(metrics.items())
+        if key.startswith("diag/rate_calibration") and not lo <= value <= hi
+    ]
