@@ -2,6 +2,7 @@
 
     flowception config schema train > configs/schema/train.schema.json
     flowception config schema --all              # rewrite configs/schema/*.schema.json
+    flowception config cli-table --write         # regenerate README.md's CLI table
     flowception train configs/demo-cpu.yaml steps=5 --print-config
     flowception sweep runs/demo --dry-run num_videos=8   # overrides anywhere on the line
 
@@ -121,6 +122,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("kind", nargs="?", choices=list(SCHEMAS), help="recipe kind")
     s.add_argument("--all", action="store_true", help=f"write every kind into {SCHEMA_DIR}")
     s.set_defaults(func=_schema)
+    t = sub.add_parser("cli-table", help="print (or with --write update README.md) the CLI table")
+    t.add_argument("--write", action="store_true", help="replace the table in README.md")
+    t.set_defaults(func=_cli_table)
+
+
+def _cli_table(args: argparse.Namespace) -> int:
+    from flowception.eval.cli import README_BEGIN, README_END, cli_reference
+
+    table = cli_reference()
+    if not args.write:
+        print(table)
+        return 0
+    readme = SCHEMA_DIR.parents[1] / "README.md"
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme}: no CLI table markers ({README_BEGIN!r} ... {README_END!r})")
+    head, rest = text.split(README_BEGIN, 1)
+    readme.write_text(head + table + rest.split(README_END, 1)[1])
+    print(readme)
+    return 0
 
 
 def decorate(parsers: dict[str, argparse.ArgumentParser]) -> None:
