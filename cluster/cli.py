@@ -6,7 +6,8 @@
     flowception train configs/demo-cpu.yaml steps=50 optim.lr=3e-4 cluster.name=try1
     flowception train configs/demo-cpu.yaml checkpoint.resume_from=runs/try1
     flowception export runs/try1 export/try1                      # model.safetensors + config.yaml
-    flowception submit configs/demo-cpu.yaml steps=50 --address http://127.0.0.1:8265 --follow
+    flowception submit configs/demo-cpu.yaml steps=50 --address http://127.0.0.1:8265 --follow \
+        data.shards=s3://my-bucket/mm/train cluster.storage_path=s3://my-bucket/runs
     flowception status JOB_ID --address http://127.0.0.1:8265
     flowception logs JOB_ID --address http://127.0.0.1:8265 --follow
     flowception stop JOB_ID --address http://127.0.0.1:8265
@@ -36,15 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--print-config", action="store_true", help="print the config and exit")
     train.set_defaults(func=_train)
 
-    submit = subparsers.add_parser("submit", help="submit training as a Ray job")
-    submit.add_argument("config")
-    submit.add_argument("overrides", nargs="*")
-    _address(submit)
-    submit.add_argument("--follow", action="store_true", help="print the job's logs until it ends")
-    submit.add_argument(
-        "--no-pip", dest="pip", action="store_false", help="use the image's packages"
+    from flowception.cluster.submit import add_job_options
+
+    submit = subparsers.add_parser(
+        "submit", help="submit training as a Ray job (uploads the current directory)"
     )
-    submit.add_argument("--submission-id", default=None, help="job id to use (default: Ray's)")
+    submit.add_argument("config", help="YAML recipe, read here and sent inline with the job")
+    submit.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    add_job_options(submit, address_required=True)
     submit.set_defaults(func=_submit)
 
     for name, helptext, fn in (
@@ -53,10 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("logs", "a Ray job's logs", _logs),
     ):
         p = subparsers.add_parser(name, help=helptext)
-        p.add_argument("job_id")
+        p.add_argument("job_id", help="the id `flowception submit` printed (raysubmit_...)")
         _address(p)
         if name == "logs":
-            p.add_argument("--follow", action="store_true")
+            p.add_argument("--follow", action="store_true", help="stream until the job ends")
         p.set_defaults(func=fn)
 
     export = subparsers.add_parser("export", help="consolidated fp32 weights of a checkpoint")
@@ -66,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     server = subparsers.add_parser("mlflow-server", help="run a local MLflow server until Ctrl-C")
     server.add_argument("--root", default="mlruns", help="holds mlflow.db and artifacts/")
-    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (loopback by default)"
+    )
     server.add_argument("--port", type=int, default=None, help="default: a free port")
     server.set_defaults(func=_mlflow_server)
 
@@ -105,13 +107,7 @@ def _train(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from flowception.cluster import submit
 
-    job_id = submit.submit(
-        args.config,
-        args.overrides,
-        address=args.address,
-        pip=args.pip,
-        submission_id=args.submission_id,
-    )
+    job_id = submit.submit(args.config, args.overrides, address=args.address, options=args)
     print(job_id, flush=True)
     if args.follow:
         state = submit.follow(job_id, address=args.address)
@@ -139,9 +135,9 @@ def _logs(args: argparse.Namespace) -> int:
     from flowception.cluster import submit
 
     if args.follow:
-        submit.follow(args.job_id, address=args.address)
-        return 0
-    print(submit.client(args.address).get_job_logs(args.job_id), end="")
+        state = submit.follow(args.job_id, address=args.address)
+        return 0 if state == "SUCCEEDED" else 1
+    print(submit.logs(args.job_id, address=args.address), end="")
     return 0
 
 

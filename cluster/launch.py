@@ -13,6 +13,7 @@ hash, git commit), the ``step_XXXXXXX/`` checkpoints and, at the end, ``export/`
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import logging
 import os
@@ -54,6 +55,61 @@ class TrainResult:
     seconds: float
 
 
+def provenance_commit() -> str:
+    """The code's git commit (``+dirty``): taken where the job was submitted
+    (``FLOWCEPTION_GIT_COMMIT``, set by ``flowception submit``), else of this checkout."""
+    return os.environ.get("FLOWCEPTION_GIT_COMMIT") or git_commit(Path(__file__).resolve().parent)
+
+
+def provenance_tags(commit: str) -> dict[str, str]:
+    """MLflow's standard source tags (the UI's Version, Source and User columns)."""
+    sha, _, dirty = commit.partition("+")
+    return {
+        "mlflow.source.git.commit": sha,
+        "flowception.git_dirty": str(bool(dirty)).lower(),
+        "mlflow.source.name": os.environ.get("FLOWCEPTION_SOURCE", "flowception train"),
+        "mlflow.source.type": "JOB",
+        "mlflow.user": os.environ.get("FLOWCEPTION_USER") or getpass.getuser(),
+    }
+
+
+def check_resume(cfg: TrainConfig) -> str | None:
+    """The checkpoint this run continues from, refused here (before any worker starts) when
+    the workers could not load it.
+
+    A different ``cluster.num_workers`` is fine at ZeRO-0 (the optimiser state is whole on
+    every rank; the data cursor is merged over ranks). At ZeRO 1-3 each rank holds a
+    partition of the optimiser state, and DeepSpeed's universal-checkpoint conversion does
+    not run on this CPU/gloo stack (README, "Resize on resume"), so that is refused.
+
+    Raises:
+        ValueError: a world size or ZeRO stage the checkpoint cannot be resumed with.
+        FileNotFoundError: ``checkpoint.resume_from`` holds no complete checkpoint.
+    """
+    endpoint = cfg.cluster.storage_endpoint_url
+    fs, root = storage.resolve(cfg.cluster.storage_path, endpoint)
+    run_uri = storage.uri_of(fs, f"{root}/{cfg.run_name()}")
+    ckpt = checkpoint.resume_point(run_uri, cfg.checkpoint.resume_from, endpoint)
+    if ckpt is None:
+        return None
+    cfs, path = storage.resolve(ckpt, endpoint)
+    manifest = checkpoint.read_manifest(cfs, path) or {}
+    n, stage = manifest.get("world_size"), manifest.get("zero_stage")
+    m = cfg.cluster.num_workers
+    if stage != cfg.deepspeed.zero_stage:
+        raise ValueError(
+            f"{ckpt}: written with deepspeed.zero_stage={stage}; resume with "
+            f"deepspeed.zero_stage={stage} (this run has {cfg.deepspeed.zero_stage})"
+        )
+    if n != m and stage != 0:
+        raise ValueError(
+            f"{ckpt}: written by {n} workers at ZeRO-{stage} (optimiser state partitioned {n} "
+            f"ways); resume with cluster.num_workers={n} (this run has {m}); only ZeRO-0 "
+            "runs change their worker count on resume"
+        )
+    return ckpt
+
+
 def run_info(cfg: TrainConfig) -> dict[str, Any]:
     """Run directory, MLflow run (created or reused from ``run.json``), written to ``run.json``."""
     endpoint = cfg.cluster.storage_endpoint_url
@@ -68,10 +124,10 @@ def run_info(cfg: TrainConfig) -> dict[str, Any]:
     run_id = previous.get("mlflow_run_id")
     if run_id and previous.get("mlflow_uri") != uri:  # the same store may answer on a new port
         run_id = run_id if uri and run_exists(uri, run_id) else None
-    commit = git_commit(Path(__file__).resolve().parent)
+    commit = provenance_commit()
     if uri and run_id is None:
         tags = {
-            "git_commit": commit,
+            **provenance_tags(commit),
             "config_hash": cfg.hash(),
             "run_dir": storage.uri_of(fs, run_path),
             "method": cfg.method.method,
@@ -123,8 +179,9 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
 
     cfg = absolute_paths(cfg)
     endpoint = cfg.cluster.storage_endpoint_url
-    if cfg.checkpoint.resume_from:  # fail now, not in the workers
-        checkpoint.resume_point("/nonexistent", cfg.checkpoint.resume_from, endpoint)
+    resumed = check_resume(cfg)  # fail now, not in the workers (and not max_failures times)
+    if resumed:
+        log.info("continuing from %s", resumed)
     connect()
     run = run_info(cfg)
     fs, root = storage.resolve(cfg.cluster.storage_path, endpoint)

@@ -184,12 +184,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     step = 0
     if ckpt:
         scratch = Path(tempfile.mkdtemp(prefix="flowception-resume-"))
-        local = checkpoint.fetch(ckpt, endpoint, dest=scratch / "ckpt")
-        step, rng, _ = checkpoint.restore_rank(
-            engine, ema=ema, local_dir=local, rank=rank, world_size=world
-        )
-        set_rng_state(rng, generator)
-        shutil.rmtree(scratch, ignore_errors=True)
+        try:  # the downloaded copy goes whether the restore works or not
+            local = checkpoint.fetch(ckpt, endpoint, dest=scratch / "ckpt")
+            step, rng, _ = checkpoint.restore_rank(
+                engine, ema=ema, local_dir=local, rank=rank, world_size=world
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if rng is not None:
+            set_rng_state(rng, generator)
+        else:  # a rank the checkpoint did not have (resized ZeRO-0 run): fresh, step-dependent
+            generator.manual_seed(cfg.seed * 100_003 + rank + 1_000_003 * step)
         if rank == 0:
             log.info("resumed from %s at step %d", ckpt, step)
     tracker = None

@@ -7,8 +7,13 @@ Runbook::
     flowception sweep runs/demo                         # every checkpoint without a result
     flowception sweep runs/demo --dry-run
     flowception compare RUN_A RUN_B --out outputs/compare
-    flowception eval s3://BUCKET/runs/x/step_0100000 --address http://HEAD:8265 --follow   # as a Ray job
-    flowception sweep s3://BUCKET/runs/x --address http://HEAD:8265                        # as a Ray job
+    flowception eval s3://my-bucket/runs/x/step_0100000 --address http://HEAD:8265 --follow \
+        eval.detector=s3://my-bucket/assets/i3d_kinetics400.safetensors     # as a Ray job
+    flowception sweep s3://my-bucket/runs/x --address http://HEAD:8265 --dry-run \
+        eval.detector=s3://my-bucket/assets/i3d_kinetics400.safetensors
+
+With ``--address`` every path (checkpoint, shards, detector, reference cache, output dir)
+must be an ``s3://`` URI, or local with ``--shared-fs``; see ``flowception.cluster.submit``.
 
 Overrides are dotted keys of ``eval.job.EvalJobConfig`` (``eval.protocol.num_real=512``,
 ``sampler.cfg_scale=2``); unknown keys are an error naming them.
@@ -18,17 +23,65 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
+
+REMOTE_OUTPUT = "/tmp/flowception-eval"
+"""``output_dir`` of a submitted eval when none is given: scratch on the job's node (results
+reach MLflow); give ``output_dir=`` with ``--shared-fs`` to keep the files."""
 
 
-def _submitted(args: argparse.Namespace, command: list[str]) -> int:
-    """Submit the validated command as a Ray job (``--address``) and optionally follow it."""
-    from flowception.cluster.submit import follow, submit_command
+def _submitted(args: argparse.Namespace, command: str, target: str, cfg: Any) -> int:
+    """Check every path of ``cfg`` for the cluster, then submit ``flowception COMMAND`` as a
+    Ray job and optionally stream its logs.
 
-    job = submit_command(command, address=args.address, pip=not args.no_pip)
-    print(f"submitted {job}")
+    Raises:
+        ValueError / FileNotFoundError: a path the cluster cannot read, a placeholder, or a
+            missing detector (nothing is submitted).
+    """
+    from flowception.cluster.submit import (
+        EVAL_PATHS,
+        cluster_path,
+        follow,
+        require_exists,
+        resolve_paths,
+        submit_job,
+    )  # fmt: skip
+
+    given = {o.partition("=")[0] for o in args.overrides}
+    tree = cfg.to_dict()
+    if "output_dir" not in given and not args.shared_fs:
+        tree["output_dir"] = REMOTE_OUTPUT  # scratch on the node; results go to MLflow
+    tree = resolve_paths(tree, tuple(k for k in EVAL_PATHS if k != "output_dir"),
+                         shared_fs=args.shared_fs)  # fmt: skip
+    if tree["output_dir"] != REMOTE_OUTPUT:
+        tree["output_dir"] = cluster_path(
+            "output_dir", tree["output_dir"], shared_fs=args.shared_fs
+        )
+    ev = tree["eval"]
+    if command == "sweep" and ev.get("reference_cache") is None and "://" in tree["checkpoint"]:
+        ev["reference_cache"] = f"{tree['checkpoint'].rstrip('/')}/eval-reference"
+    require_exists("eval.detector", ev["detector"], tree.get("endpoint_url"))
+    fixed = [f"output_dir={tree['output_dir']}"]
+    fixed += [f"{k}={_get(tree, k)}" for k in EVAL_PATHS[1:] if _get(tree, k) is not None]
+    argv = [command, tree["checkpoint"], *args.overrides, *fixed]
+    if getattr(args, "dry_run", False):
+        argv.append("--dry-run")
+    job = submit_job(
+        ["python", "-m", "flowception.eval.cli", *argv],
+        address=args.address,
+        options=args,
+        metadata={"FLOWCEPTION_SOURCE": f"flowception {command}", "target": target},
+    )
+    print(f"submitted {job}", flush=True)
     if args.follow:
         return 0 if follow(job, address=args.address) == "SUCCEEDED" else 1
     return 0
+
+
+def _get(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -36,7 +89,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     cfg = load_job_config(args.checkpoint, args.overrides)  # validated before Ray starts
     if args.address:
-        return _submitted(args, ["eval", args.checkpoint, *args.overrides])
+        return _submitted(args, "eval", args.checkpoint, cfg)
     result = run_eval(cfg)
     print(json.dumps({"step": result.step, "metrics": result.metrics, "mlflow_run_id": result.mlflow_run_id,
                       "output_dir": str(result.output_dir)}, indent=1))  # fmt: skip
@@ -47,9 +100,9 @@ def _sweep(args: argparse.Namespace) -> int:
     from flowception.eval.job import load_job_config
     from flowception.eval.sweep import run_sweep
 
-    load_job_config(args.run, args.overrides)  # validated before anything runs
+    cfg = load_job_config(args.run, args.overrides)  # validated before anything runs
     if args.address:
-        return _submitted(args, ["sweep", args.run, *args.overrides])
+        return _submitted(args, "sweep", args.run, cfg)
 
     results = run_sweep(args.run, args.overrides, dry_run=args.dry_run)
     for r in results:
@@ -68,16 +121,10 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--address", default=None, help="submit as a Ray job to this head (http://HEAD:8265)"
-    )
-    p.add_argument("--follow", action="store_true", help="with --address: print the job's logs")
-    p.add_argument("--no-pip", action="store_true", help="with --address: the image has the deps")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``eval``, ``sweep`` and ``compare``."""
+    from flowception.cluster.submit import add_job_options
+
     p = subparsers.add_parser(
         "eval", help="evaluate a checkpoint (FVD, VBench-style, length law) as a Ray job"
     )
@@ -85,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint", help="step_XXXXXXX checkpoint, export dir or run dir (local or s3://)"
     )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. num_videos=128")
-    _job_options(p)
+    add_job_options(p)
     p.set_defaults(func=_eval)
 
     p = subparsers.add_parser(
@@ -94,7 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory (local or s3://)")
     p.add_argument("overrides", nargs="*", help="dotted eval overrides")
     p.add_argument("--dry-run", action="store_true", help="only list the pending checkpoints")
-    _job_options(p)
+    add_job_options(p)
     p.set_defaults(func=_sweep)
 
     p = subparsers.add_parser("compare", help="table + PNG of metrics of MLflow runs")

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.i3d",
     "tests.fixtures.mlflow_server",
+    "tests.fixtures.two_node",
 ]
