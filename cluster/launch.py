@@ -175,8 +175,11 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from flowception.cluster.submit import check_value
     from flowception.cluster.train_loop import train_loop_per_worker
 
+    for key, value in cfg.flat().items():  # YOUR_BUCKET left in a manifest: refuse, not run
+        check_value(key, value)
     cfg = absolute_paths(cfg)
     endpoint = cfg.cluster.storage_endpoint_url
     resumed = check_resume(cfg)  # fail now, not in the workers (and not max_failures times)

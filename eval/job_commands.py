@@ -78,6 +78,14 @@ def _submitted(args: argparse.Namespace, command: str, target: str, cfg: Any) ->
     return 0
 
 
+def _check_values(cfg: Any) -> None:
+    """Placeholders (``YOUR_BUCKET``) left in a command or manifest: an error, not a run."""
+    from flowception.cluster.submit import check_value
+
+    for key, value in cfg.flat().items():
+        check_value(key, value)
+
+
 def _get(tree: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         tree = tree.get(part) if isinstance(tree, dict) else None
@@ -88,6 +96,7 @@ def _eval(args: argparse.Namespace) -> int:
     from flowception.eval.job import load_job_config, run_eval
 
     cfg = load_job_config(args.checkpoint, args.overrides)  # validated before Ray starts
+    _check_values(cfg)
     if args.address:
         return _submitted(args, "eval", args.checkpoint, cfg)
     result = run_eval(cfg)
@@ -101,6 +110,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from flowception.eval.sweep import run_sweep
 
     cfg = load_job_config(args.run, args.overrides)  # validated before anything runs
+    _check_values(cfg)
     if args.address:
         return _submitted(args, "sweep", args.run, cfg)
 

@@ -175,20 +175,3 @@ def test_compare_runs_table_and_plot(mlflow_server, tmp_path):
     assert png.stat().st_size > 5000
     with pytest.raises(ValueError, match="no-such-run"):
         compare_runs(["no-such-run"], tracking_uri=mlflow_server, out_dir=tmp_path)
-
-
-def test_sweep_cronjob_submits_a_valid_sweep_command():
-    """deploy/sweep-cronjob.yaml: the submitted command parses and its overrides validate."""
-    from flowception.eval.cli import build_parser
-    from flowception.eval.job import load_job_config
-
-    root = Path(__file__).resolve().parents[2]
-    spec = yaml.safe_load((root / "deploy" / "sweep-cronjob.yaml").read_text())
-    container = spec["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][:3] == ["ray", "job", "submit"]
-    args = container["args"]
-    assert args[:3] == ["python", "-m", "flowception.eval.cli"]
-    parsed = build_parser().parse_args(args[3:])
-    assert parsed.command == "sweep" and parsed.run.startswith("s3://")
-    cfg = load_job_config(parsed.run, parsed.overrides)
-    assert cfg.eval.protocol.num_real == 2048 and cfg.gpus_per_actor == 1
