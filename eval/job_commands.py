@@ -100,6 +100,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.address:
         return _submitted(args, "eval", args.checkpoint, cfg)
     result = run_eval(cfg)
+    from flowception.eval.sweep import done_key, mark_done
+
+    mark_done(cfg, result, done_key(cfg))  # a sweep with this protocol skips this step
     print(json.dumps({"step": result.step, "metrics": result.metrics, "mlflow_run_id": result.mlflow_run_id,
                       "output_dir": str(result.output_dir)}, indent=1))  # fmt: skip
     return 0

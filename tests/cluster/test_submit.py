@@ -3,7 +3,6 @@ provenance, and the sweep's done key and errors."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 from pathlib import Path
@@ -126,8 +125,12 @@ def test_sweep_address_refuses_a_local_output_dir(s3_bucket, capsys):
     assert code == 2 and "output_dir='out'" in capsys.readouterr().err
 
 
-def _fake_run(root: Path, steps: list[int]) -> Path:
-    """A run directory with ``run.json`` and complete (manifest-valid) checkpoints."""
+def _fake_run(root: Path, steps: list[int], *, world: int = 2, zero: int = 0) -> Path:
+    """A run directory with ``run.json`` and complete checkpoints (manifest as training writes it)."""
+    from flowception.cluster import checkpoint
+    from flowception.cluster.config import load_config
+
+    cfg = load_config(DEMO, [f"deepspeed.zero_stage={zero}"])
     run = root / "run"
     run.mkdir()
     (run / "run.json").write_text("{}")
@@ -135,8 +138,11 @@ def _fake_run(root: Path, steps: list[int]) -> Path:
         d = run / f"step_{step:07d}"
         d.mkdir()
         (d / "x.bin").write_bytes(b"1234")
-        manifest = {"format": "flowception-checkpoint/1", "step": step, "files": {"x.bin": 4}}
-        (d / "manifest.json").write_text(json.dumps(manifest))
+        if hasattr(checkpoint, "describe_staged"):  # sha256 manifests
+            files = checkpoint.describe_staged(d)
+        else:
+            files = {"x.bin": 4}
+        checkpoint.write_manifest(d, files, cfg=cfg, step=step, world_size=world)
     return run
 
 
@@ -181,3 +187,29 @@ def test_sweep_dry_run_and_done_key(tmp_path, capsys, monkeypatch):
         assert done_key(load_job_config(str(run), [*base, other])) != key
     assert main([*args[:-1], "num_videos=64", "--dry-run"]) == 0
     assert "pending step 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("written", "resumed", "error"),
+    [
+        ((2, 2), (1, 2), "resume with cluster.num_workers=2"),  # ZeRO-2 partitions: refused
+        ((2, 0), (1, 2), "resume with deepspeed.zero_stage=0"),
+        ((2, 0), (1, 0), None),  # ZeRO-0 resizes
+        ((2, 2), (2, 2), None),
+    ],
+)
+def test_resume_is_refused_before_the_workers_start(tmp_path, written, resumed, error):
+    from flowception.cluster.config import load_config
+    from flowception.cluster.launch import check_resume
+
+    run = _fake_run(tmp_path, [2], world=written[0], zero=written[1])
+    cfg = load_config(
+        DEMO,
+        [f"cluster.storage_path={tmp_path}", f"cluster.name={run.name}",
+         f"cluster.num_workers={resumed[0]}", f"deepspeed.zero_stage={resumed[1]}"],
+    )  # fmt: skip
+    if error is None:
+        assert check_resume(cfg) == str(run / "step_0000002")
+    else:
+        with pytest.raises(ValueError, match=error):
+            check_resume(cfg)
