@@ -64,14 +64,29 @@ def test_local_window_limits_receptive_field():
 
 
 def test_rank_positions_shift_with_insertions():
+    """Identical frames differ only by their rank, which enters through RoPE's time axis:
+    without it attention is permutation-equivariant and every copy gives the same output.
+    Inserting a copy shifts the ranks after it, and the shifted frame's output follows
+    its new rank; ranks restart at 0 in each packed video."""
     net = tiny().eval()
-    x, t, cu = _inputs([3])
-    ref = net(x, t, cu).velocity
-    # the same frames with one inserted before frame 2: frame 2's rank changes, so does its output
-    x4 = torch.cat([x[:2], torch.zeros(1, 1, 8, 8), x[2:]])
-    t4 = torch.cat([t[:2], torch.zeros(1), t[2:]])
-    out = net(x4, t4, torch.tensor([0, 4], dtype=torch.int32)).velocity
-    assert not torch.allclose(out[3], ref[2])
+    frame = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.full((1,), 0.4)
+
+    def run(copies: list[int]) -> list[torch.Tensor]:
+        n = sum(copies)
+        cu = torch.tensor([0, *torch.tensor(copies).cumsum(0).tolist()], dtype=torch.int32)
+        out = net(frame.expand(n, -1, -1, -1), t.expand(n), cu).velocity  # (n, 1, 8, 8)
+        return list(out.split(copies))
+
+    (three,) = run([3])
+    for i, j in ((0, 1), (1, 2), (0, 2)):
+        assert (three[i] - three[j]).abs().max() > 1e-4, (i, j)  # rank alone separates them
+    (four,) = run([4])  # a copy inserted before frame 1: old frames 1, 2 now at ranks 2, 3
+    assert (four[2] - three[1]).abs().max() > 1e-4  # the shifted frame moved with its rank
+    assert (four[2] - four[1]).abs().max() > 1e-4
+    a, b = run([3, 4])  # packed: the second video's ranks start at 0 again
+    torch.testing.assert_close(a, three, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b, four, atol=1e-5, rtol=0)
 
 
 def test_zero_init_outputs():

@@ -1,5 +1,8 @@
 """Spec oracles 1 (path) and 4 (Poisson loss), and the loss normalisation of E13."""
 
+import math
+
+import pytest
 import torch
 
 from flowception.model.losses import poisson_nll, velocity_loss
@@ -28,13 +31,26 @@ def test_time_warp():
     assert bool((warp_time(t, 3.0)[1:-1] < t[1:-1]).all())  # s > 1 spends more time near noise
 
 
-def test_poisson_gradient_zero_at_k():
+def test_poisson_loss_value_and_gradient_zero_at_k():
+    """``lambda - k log lambda`` (E14 without ``log k!``): stationary at ``lambda = k`` for
+    k > 0; at k = 0 the loss is ``lambda`` itself, with gradient 1 pushing the rate to 0."""
     for k in (0.0, 1.0, 3.0, 7.0):
-        lam = torch.tensor([max(k, 1e-3)], requires_grad=True)
-        logit = lam.log()
-        poisson_nll(logit, torch.tensor([k]), torch.tensor([True])).backward()
+        lam0 = max(k, 1e-3)
+        lam = torch.tensor([lam0], dtype=torch.float64, requires_grad=True)
+        loss = poisson_nll(lam.log(), torch.tensor([k]), torch.tensor([True]))
+        assert loss.item() == pytest.approx(lam0 - k * math.log(lam0), rel=1e-6, abs=1e-9), k
+        loss.backward()
         if k > 0:
             assert abs(float(lam.grad)) < 1e-6
+        else:
+            assert float(lam.grad) == pytest.approx(1.0, rel=1e-5)
+    logit = torch.tensor([-2.0, 0.0, 3.0])
+    zeros, ones = torch.zeros(3), torch.ones(3, dtype=torch.bool)
+    torch.testing.assert_close(poisson_nll(logit, zeros, ones), logit.exp().mean())
+    torch.testing.assert_close(
+        poisson_nll(logit, zeros, ones, "softplus"),
+        torch.nn.functional.softplus(logit).mean(),
+    )
 
 
 def test_poisson_fit_converges_to_mean():

@@ -139,28 +139,43 @@ def test_reveal_orders(rule, expected):
     assert reveal_order(rule, 7, torch.Generator().manual_seed(0)) == expected
 
 
+def _expected_births(order: list[int], n_start: int, k_steps: int) -> torch.Tensor:
+    """Birth iteration of every slot under E25, written out: slot ``order[j]`` (j >= n_s)
+    appears at the first clock c with ``n_s + floor((L* - n_s) c / K) > j``; start slots at 0."""
+    length = len(order)
+    births = torch.zeros(length, dtype=torch.long)
+    for j, slot in enumerate(order[n_start:], start=n_start):
+        births[slot] = next(
+            c for c in range(1, k_steps + 1) if n_start + (length - n_start) * c // k_steps > j
+        )
+    return births
+
+
 @pytest.mark.parametrize("rule", ["left_to_right", "hierarchical", "random"])
 def test_prescribed_orders_reveal_exactly_target(rule):
-    targets = [7, 5, 9]
-    births_by_slot = {}
-
-    out = sample(exact_length_rate(100), num_videos=3, frame_shape=SHAPE, num_steps=10,
-                 num_start_frames=2, max_frames=50, generator=torch.Generator().manual_seed(4),
+    """Lengths hit L*, and every slot is born at the iteration E25 gives its rank in the
+    reveal order; the random order is re-drawn here independently of ``reveal_order``
+    (slot 0 first, then a permutation of 1 .. L*-1 from the same generator)."""
+    targets, k_steps, n_start = [7, 5, 9], 10, 2
+    out = sample(exact_length_rate(100), num_videos=3, frame_shape=SHAPE, num_steps=k_steps,
+                 num_start_frames=n_start, max_frames=50, generator=torch.Generator().manual_seed(4),
                  return_trace=True, insertion_rule=rule, target_lengths=targets)  # fmt: skip
     assert [v.shape[0] for v in out.videos] == targets
+    g = torch.Generator().manual_seed(4)  # the sampler draws the random orders first
+    births_by_slot = {}
     for i, length in enumerate(targets):
-        order = (
-            reveal_order(rule, length, torch.Generator().manual_seed(4))
-            if rule != "random"
-            else None
+        if rule == "random":
+            order = [0, *(torch.randperm(length - 1, generator=g) + 1).tolist()]
+        else:
+            order = reveal_order(rule, length, g)
+        births_by_slot[i] = out.trace.birth[i]  # final position p holds slot p
+        expected = _expected_births(order, n_start, k_steps)
+        assert torch.equal(births_by_slot[i], expected), (rule, i, order, births_by_slot[i])
+        assert int((births_by_slot[i] == 0).sum()) == n_start
+    if rule == "random":  # the draw is not the left-to-right order in disguise
+        assert any(not bool((b[1:] >= b[:-1]).all()) for b in births_by_slot.values()), (
+            births_by_slot
         )
-        birth = out.trace.birth[i]
-        births_by_slot[i] = birth
-        if order is not None:
-            # slots are revealed in the stated order: birth iterations non-decreasing along it
-            along = birth[torch.tensor(order)]
-            assert bool((along[1:] >= along[:-1]).all()), (rule, along)
-        assert int((birth == 0).sum()) == 2
 
 
 def test_context_frames_kept_clean_and_first():
