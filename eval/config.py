@@ -93,7 +93,11 @@ class EvalConfig(Config):
     subject_endpoint: str = "Mixed_5c"
     """I3D endpoint whose per-frame features give subject consistency."""
     vbench_weights: dict[str, str] = Field(default_factory=dict)
-    """User weight paths of weight-needing VBench dimensions (``eval.metrics.WEIGHTED_DIMENSIONS``)."""
+    """Local weight files of VBench dimensions computed with VBench's network
+    (``subject_consistency``: DINO ViT-B/16, ``background_consistency``: CLIP ViT-B/32)."""
+    fps: float | None = None
+    """Frame rate of the eval videos: dynamic degree keeps every ``round(fps / 8)``-th frame
+    as VBench does; None = every frame (the stride is logged)."""
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
@@ -119,12 +123,16 @@ class EvalConfig(Config):
                 f"EvalConfig.subject_endpoint={self.subject_endpoint!r}: "
                 f"expected one of {list(ENDPOINTS[:-1])}"
             )
-        from flowception.eval.metrics import WEIGHTED_DIMENSIONS
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"EvalConfig.fps={self.fps!r}: must be > 0 (frames per second)")
+        from flowception.eval.metrics import UNAVAILABLE_DIMENSIONS, WEIGHTED_DIMENSIONS
 
         unknown = sorted(set(self.vbench_weights) - set(WEIGHTED_DIMENSIONS))
         if unknown:
+            why = "; ".join(f"{k}: {UNAVAILABLE_DIMENSIONS[k]}" for k in unknown
+                            if k in UNAVAILABLE_DIMENSIONS)  # fmt: skip
             raise ValueError(
-                f"EvalConfig.vbench_weights: unknown dimension(s) {unknown}; "
-                f"known: {sorted(WEIGHTED_DIMENSIONS)}"
+                f"EvalConfig.vbench_weights: unknown dimension(s) {unknown}"
+                f"{' (' + why + ')' if why else ''}; computed: {sorted(WEIGHTED_DIMENSIONS)}"
             )
         return self

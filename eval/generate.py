@@ -12,7 +12,6 @@ batch of rows. Videos are ragged (Flowception chooses each length), so the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from typing import Any
 
@@ -49,6 +48,11 @@ class GenerationActor:
 
     With a prescribed ``insertion_rule`` (spec E25) each row's ``length`` is its ``L*``;
     with ``data_lengths`` the fixed-length baselines generate that length too.
+
+    Runs trained on latents (``vae``: ``{"kind", "dir"}`` of the run's VAE) take latent
+    context rows (float ``[c, h, w, C_lat]``) and generate latents, decoded here to pixels
+    before the I3D stage; ``length`` is then in video frames, ``latent_length`` in latent
+    frames, and ``birth`` is repeated to every video frame a latent frame stands for.
     """
 
     def __init__(
@@ -60,17 +64,20 @@ class GenerationActor:
         device: str = "auto",
         endpoint_url: str | None = None,
         data_lengths: bool = False,
+        vae: dict[str, str] | None = None,
     ) -> None:
         from flowception.cluster.checkpoint import load_inference_model
+        from flowception.pipelines.latents import VaeCodec
 
         self.device = _device(device)
         self.net, cfg = load_inference_model(
             checkpoint, endpoint_url=endpoint_url, device=self.device
         )
-        self.method = dataclasses.replace(cfg.method, **method_overrides)
+        self.method = cfg.method.replace(**method_overrides)
         self.channels = cfg.model.in_channels
         self.seed = seed
         self.data_lengths = data_lengths
+        self.vae = VaeCodec(vae["kind"], vae["dir"], self.device) if vae else None
 
     def _lengths(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``target_lengths`` / ``num_frames`` for ``generate`` from the ``length`` column."""
@@ -94,7 +101,9 @@ class GenerationActor:
         labels = torch.as_tensor(np.asarray(_rows(batch, "label"), dtype=np.int64))
         use_labels = getattr(self.net.cfg, "num_classes", 0) > 0
         ctx = None
-        if self.method.task != "unconditional":
+        if self.method.task != "unconditional" and self.vae is not None:
+            ctx = [torch.as_tensor(c).permute(0, 3, 1, 2).float() for c in contexts]  # (c, C, h, w)
+        elif self.method.task != "unconditional":
             ctx = [
                 (torch.as_tensor(c).permute(0, 3, 1, 2).float() / 127.5 - 1.0)[:, : self.channels]
                 for c in contexts
@@ -111,14 +120,55 @@ class GenerationActor:
             device=self.device,
             **self._lengths(batch),
         )
-        videos = [to_uint8(v) for v in out.videos]  # list of (F, H, W, 3)
         births = [b.numpy().astype(np.int64) for b in out.trace.birth]
+        latent_lengths = [int(v.shape[0]) for v in out.videos]
+        if self.vae is not None:  # latents -> pixels before the I3D stage
+            videos = [to_uint8(self.vae.decode(v)) for v in out.videos]  # list of (T, H, W, 3)
+            births = [latent_to_frames(b, v.shape[0]) for b, v in zip(births, videos)]
+        else:
+            videos = [to_uint8(v) for v in out.videos]  # list of (F, H, W, 3)
         return {
             "key": np.asarray(keys, dtype=object),
             "video": _ragged(videos),
             "length": np.asarray([v.shape[0] for v in videos], dtype=np.int64),
+            "latent_length": np.asarray(latent_lengths, dtype=np.int64),
             "birth": _ragged(births),
         }
+
+
+def latent_to_frames(per_latent: np.ndarray, frames: int) -> np.ndarray:
+    """A per-latent-frame value ``[T']`` spread over the ``frames`` video frames a causal
+    video VAE decodes (latent 0 -> frame 0, latent ``k`` -> frames ``(k-1) r + 1 .. k r``);
+    unchanged when ``frames == T'`` (image VAE)."""
+    t = len(per_latent)
+    if frames == t or t == 0:
+        return per_latent
+    r = (frames - 1) // max(t - 1, 1)
+    idx = np.minimum((np.arange(frames) + r - 1) // max(r, 1), t - 1)  # frame -> latent
+    return per_latent[idx]
+
+
+class LatentDecodeActor:
+    """Latent rows of a shard set (``pipelines.dataset``, ``video`` float ``[T', h, w, c]``)
+    -> the same rows with ``video`` decoded by the run's VAE (uint8 ``[T, H, W, 3]``) and
+    ``latent_length = T'``: the real side of FVD is the VAE's reconstruction of the
+    eval clips, so FVD measures the generator, not the VAE."""
+
+    def __init__(self, vae: dict[str, str], device: str = "auto") -> None:
+        from flowception.pipelines.latents import VaeCodec
+
+        self.vae = VaeCodec(vae["kind"], vae["dir"], _device(device))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        latents = [np.asarray(v) for v in _rows(batch, "video")]
+        videos = [
+            to_uint8(self.vae.decode(torch.as_tensor(z).permute(0, 3, 1, 2)))  # (T, H, W, 3)
+            for z in latents
+        ]
+        out = dict(batch)
+        out["video"] = _ragged(videos)
+        out["latent_length"] = np.asarray([z.shape[0] for z in latents], dtype=np.int64)
+        return out
 
 
 def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
@@ -130,25 +180,52 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class FeatureActor:
-    """Videos -> I3D features of the protocol clip plus per-video VBench-style metrics.
+    """Videos -> I3D features of the protocol clip plus per-video metrics, for generated
+    (``role="fake"``) and real (``role="real"``) videos alike, so every metric can be read
+    against the data.
 
     Real clips start at a random offset seeded by (protocol seed, key), generated clips
     at frame 0 (the protocol's ``real_offset`` / ``fake_offset``). Videos shorter than
-    the clip get ``has_clip = False`` (skipped and counted, never padded).
+    the clip get ``has_clip = False`` (skipped and counted, never padded). Real rows also
+    get ``static_features``: I3D of the video's first frame repeated to the clip length
+    (the no-motion baseline). ``fvd_features=False`` skips both (cached reference).
+
+    Columns per row: ``key, length, has_clip, features, static_features`` and, per wanted
+    metric, ``temporal_flickering, motion_smoothness, dynamic, subject_consistency_i3d``
+    (NaN when a video is too short) and ``vbench_<dim>_sum / vbench_<dim>_pairs`` for each
+    dimension in ``vbench_weights`` (:class:`eval.vbench.ConsistencyDimension`).
     """
 
-    def __init__(self, eval_cfg: EvalConfig | dict, *, role: str, size: int | None = None) -> None:
+    def __init__(
+        self,
+        eval_cfg: EvalConfig | dict,
+        *,
+        role: str,
+        size: int | None = None,
+        fvd_features: bool = True,
+    ) -> None:
         from flowception.eval.i3d import I3DFeatureExtractor
+        from flowception.eval.metrics import vbench_stride
+        from flowception.eval.vbench import ConsistencyDimension
 
         self.cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_dict(eval_cfg)
         self.role = role
-        self.extractor = I3DFeatureExtractor(
-            self.cfg.detector,
-            sha256=self.cfg.detector_sha256,
-            size=size or self.cfg.protocol.resolution,
-            device=_device(self.cfg.device),
-            batch_size=self.cfg.batch_size,
-        )
+        wanted = set(self.cfg.metrics)
+        self.fvd = fvd_features and "fvd" in wanted
+        self.extractor = None
+        if self.fvd or "subject_consistency" in wanted:
+            self.extractor = I3DFeatureExtractor(
+                self.cfg.detector,
+                sha256=self.cfg.detector_sha256,
+                size=size or self.cfg.protocol.resolution,
+                device=_device(self.cfg.device),
+                batch_size=self.cfg.batch_size,
+            )
+        self.vbench = {
+            name: ConsistencyDimension(name, path, device=_device(self.cfg.device))
+            for name, path in sorted(self.cfg.vbench_weights.items())
+        }
+        self.stride = vbench_stride(self.cfg.fps)
 
     def clip(self, video: np.ndarray, key: str) -> np.ndarray | None:
         p = self.cfg.protocol
@@ -172,13 +249,17 @@ class FeatureActor:
         has = np.asarray([c is not None for c in clips])
         d = 400
         feats = np.full((len(keys), d), np.nan, dtype=np.float32)
+        static = np.full((len(keys), d), np.nan, dtype=np.float32)
         subject = np.full(len(keys), np.nan)
-        wanted = set(self.cfg.metrics)
-        if has.any():
+        if has.any() and self.extractor is not None:
             stack = np.stack([c for c in clips if c is not None])  # (b, T, H, W, C)
-            feats[has] = self.extractor.features(stack)
-            if self.role == "fake" and "subject_consistency" in wanted:
-                subject[has] = vm.subject_consistency(
+            if self.fvd:
+                feats[has] = self.extractor.features(stack)
+                if self.role == "real":
+                    firsts = np.repeat(stack[:, :1], stack.shape[1], axis=1)  # (b, T, H, W, C)
+                    static[has] = self.extractor.features(firsts)
+            if "subject_consistency" in self.cfg.metrics:
+                subject[has] = vm.subject_consistency_i3d(
                     self.extractor, stack, endpoint=self.cfg.subject_endpoint
                 )
         out = {
@@ -186,15 +267,25 @@ class FeatureActor:
             "length": np.asarray([v.shape[0] for v in videos], dtype=np.int64),
             "has_clip": has,
             "features": feats,
-            "subject_consistency": subject,
+            "static_features": static,
+            "subject_consistency_i3d": subject,
         }
-        if self.role == "fake":
-            out.update(_video_metrics(videos, wanted))
+        out.update(_video_metrics(videos, set(self.cfg.metrics), self.stride))
+        for name, dim in self.vbench.items():
+            sums, pairs = np.full(len(videos), np.nan), np.zeros(len(videos), np.int64)
+            for i, v in enumerate(videos):
+                if len(v) >= 2:
+                    res = dim.video(v)
+                    sums[i], pairs[i] = res.sum, res.pairs
+            out[f"vbench_{name}_sum"], out[f"vbench_{name}_pairs"] = sums, pairs
         return out
 
 
-def _video_metrics(videos: list[np.ndarray], wanted: set[str]) -> dict[str, np.ndarray]:
-    """Per-video flicker, smoothness and dynamic degree (NaN where a video is too short)."""
+def _video_metrics(
+    videos: list[np.ndarray], wanted: set[str], stride: int
+) -> dict[str, np.ndarray]:
+    """Per-video flicker, smoothness and dynamic degree (NaN where a video is too short);
+    dynamic degree on every ``stride``-th frame (VBench's ``round(fps / 8)``)."""
     from flowception.eval import metrics as vm
 
     cols = {
@@ -206,7 +297,7 @@ def _video_metrics(videos: list[np.ndarray], wanted: set[str]) -> dict[str, np.n
         for name, fn in (
             ("temporal_flickering", vm.temporal_flickering),
             ("motion_smoothness", vm.motion_smoothness),
-            ("dynamic", lambda x: float(vm.dynamic_degree(x).is_dynamic)),
+            ("dynamic", lambda x: float(vm.dynamic_degree(x, stride=stride).is_dynamic)),
         ):
             metric = "dynamic_degree" if name == "dynamic" else name
             if metric not in wanted:

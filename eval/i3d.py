@@ -214,7 +214,8 @@ class Detector:
     sha256: str
     """Hex sha256 of the weights file (logged with every FVD)."""
     torchscript: bool
-    """True for a TorchScript detector (called with StyleGAN-V's keyword arguments)."""
+    """True for a TorchScript detector (called as ``net(x, rescale=False, resize=False,
+    return_features=True)``, the keyword signature of StyleGAN-V's detector)."""
 
 
 def load_detector(
@@ -224,8 +225,9 @@ def load_detector(
 
     Two formats: the safetensors file written by ``flowception assets i3d`` (its sha256
     must match ``sha256`` or the ``.json`` sidecar, and every tensor shape must match
-    :func:`expected_i3d_shapes`), or a user TorchScript detector such as StyleGAN-V's
-    ``i3d_torchscript.pt`` (checked against ``sha256``/the sidecar when one is given).
+    :func:`expected_i3d_shapes`), or a user TorchScript detector with the keyword signature
+    of StyleGAN-V's ``i3d_torchscript.pt`` (checked against ``sha256``/the sidecar when one
+    is given; that file itself is not tested here).
 
     Args:
         weights: Local path or ``s3://`` URI.
@@ -278,13 +280,23 @@ def load_detector(
 # ----------------------------------------------------------------------------- extractor
 
 
+def preprocessing_text(size: int) -> str:
+    """What :class:`I3DFeatureExtractor` does to uint8 frames (logged as an MLflow param)."""
+    return (
+        f"uint8 x/127.5-1; grey->RGB; trilinear resize to (T,{size},{size}) "
+        "align_corners=False, no antialias; TorchScript detectors: rescale=False resize=False"
+    )
+
+
 class I3DFeatureExtractor:
     """uint8 videos -> I3D features; loads the weights once (one per Ray Data actor).
 
-    Preprocessing (the same for every detector): ``x / 127.5 - 1``, grey repeated to RGB,
-    then ``F.interpolate(size=(T, size, size), mode="trilinear", align_corners=False)``,
-    which with T unchanged is bilinear per frame (no antialiasing, aspect not kept), as
-    StyleGAN-V's ``fvd2048_16f`` does.
+    Preprocessing (the same for every detector, :func:`preprocessing_text`): ``x / 127.5 -
+    1``, grey repeated to RGB, then ``F.interpolate(size=(T, size, size), mode="trilinear",
+    align_corners=False)``, which with T unchanged is bilinear per frame (no antialiasing,
+    aspect not kept). A TorchScript detector is called with ``rescale=False,
+    resize=False``; StyleGAN-V instead lets its detector rescale and resize, and no test
+    here checks that the two preprocessings agree (its detector is not available offline).
 
     Args:
         weights: safetensors or TorchScript detector, local path or ``s3://`` URI.

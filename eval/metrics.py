@@ -1,43 +1,54 @@
-"""VBench-style video metrics that need no downloaded weights, and a registry for those that do.
+"""VBench-style video metrics that need no downloaded weights, and the frame stride VBench uses.
 
 Every per-video function takes one uint8 video ``(T, H, W, C)`` (C = 3 RGB or 1 grey)
 and returns a float in ``[0, 1]`` (higher = more stable / smoother / more consistent),
-except :func:`dynamic_degree`, which returns a :class:`DynamicDegree`; the dimension
-score over a set of videos is the mean (for dynamic degree: the fraction of dynamic
-videos), as in VBench (Huang et al. 2024, https://github.com/Vchitect/VBench).
+except :func:`dynamic_degree`, which returns a :class:`DynamicDegree`. The eval job logs
+each under a name that says how it was computed: ``vbench/`` only when the number is
+VBench's own computation (formula and network), ``proxy/`` when a stand-in replaces
+VBench's network (VBench: Huang et al. 2024, https://github.com/Vchitect/VBench).
 
-- temporal flickering: VBench's formula, ``(255 - mean |f_{t+1} - f_t|) / 255``;
-- motion smoothness: VBench interpolates the odd frames from the even ones with AMT
-  and scores ``(255 - mean |interp - real|) / 255``; here the interpolator is
-  classical: Farneback flow from ``f_{2k}`` to ``f_{2k+2}``, both neighbours
+- ``vbench/temporal_flickering``: VBench's formula, ``(255 - mean |f_{t+1} - f_t|) / 255``
+  (no network; VBench applies it to videos it first filters as static);
+- ``proxy/motion_smoothness_farneback``: VBench interpolates the odd frames from the even
+  ones with AMT and scores ``(255 - mean |interp - real|) / 255``; here the interpolator
+  is classical: Farneback flow from ``f_{2k}`` to ``f_{2k+2}``, both neighbours
   backward-warped half-way along it and averaged;
-- dynamic degree: VBench's rule with OpenCV Farneback flow instead of RAFT (per pair
-  the mean of the top 5% flow magnitudes; a video is dynamic when at least
-  ``round(4 * T / 16)`` pairs exceed ``6 * min(H, W) / 256`` pixels). Farneback
-  underestimates large displacements relative to RAFT, so the fraction is a lower bound;
-- subject consistency: VBench's formula on per-frame features (mean over ``t > 0`` of
-  the average of ``max(0, cos)`` to the previous and to the first frame), here with
-  per-frame I3D features (``I3DFeatureExtractor.frame_features``) instead of DINO.
+- ``proxy/dynamic_degree_farneback``: VBench's decision rule (per frame pair the mean of
+  the top 5% flow magnitudes; a video is dynamic when at least ``round(4 * T' / 16)``
+  pairs exceed ``6 * min(H, W) / 256`` pixels, on frames at stride ``round(fps / 8)``)
+  with OpenCV Farneback flow instead of RAFT. It measures the fraction of videos whose
+  Farneback flow is large in enough pairs; Farneback reports large flow on i.i.d. noise,
+  so noise counts as dynamic, and it differs from RAFT on large displacements in both
+  directions: it is neither a bound on nor an estimate of VBench's number;
+- ``proxy/subject_consistency_i3d``: VBench's consistency formula (mean over ``t > 0`` of
+  the average of ``max(0, cos)`` to the previous and to the first frame) on per-frame
+  I3D ``Mixed_5c`` features instead of DINO. Those are post-ReLU and nearly collinear
+  (about 0.93-1.0 for any input; pure noise scores above some real clips), so the number
+  only ranks videos coarsely.
 
-The weight-needing dimensions (imaging / aesthetic quality, background consistency, DINO
-subject consistency) are in :data:`WEIGHTED_DIMENSIONS`; :func:`load_dimension` builds
-one from a user-given weights path (never downloaded): a TorchScript file following the
-contract below, or any Python loader added with :func:`register_loader`.
+VBench's own subject and background consistency (DINO, CLIP) are in :mod:`eval.vbench`,
+computed when ``EvalConfig.vbench_weights`` gives their weights (:data:`WEIGHTED_DIMENSIONS`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 
+from flowception.eval.vbench import DIMENSIONS, NOT_IMPLEMENTED
+
 if TYPE_CHECKING:
     from flowception.eval.i3d import I3DFeatureExtractor
+
+WEIGHTED_DIMENSIONS = DIMENSIONS
+"""Dimensions ``EvalConfig.vbench_weights`` may name (computed with VBench's network)."""
+UNAVAILABLE_DIMENSIONS = NOT_IMPLEMENTED
+"""Weight-needing VBench dimensions this project does not compute, with the reason."""
 
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2)
 
@@ -123,7 +134,7 @@ def dynamic_degree(video: np.ndarray, *, stride: int = 1) -> DynamicDegree:
 
     Args:
         video: uint8 ``(T, H, W, C)``.
-        stride: Use every ``stride``-th frame (VBench samples about 8 fps).
+        stride: Use every ``stride``-th frame (VBench: :func:`vbench_stride` of the fps).
 
     Returns:
         The decision with the per-pair scores.
@@ -147,6 +158,16 @@ def dynamic_degree(video: np.ndarray, *, stride: int = 1) -> DynamicDegree:
         threshold=threshold,
         count_needed=needed,
     )
+
+
+def vbench_stride(fps: float | None) -> int:
+    """VBench's dynamic-degree frame stride ``round(fps / 8)`` (about 8 fps), at least 1;
+    1 when the frame rate is unknown."""
+    if fps is None:
+        return 1
+    if not fps > 0:
+        raise ValueError(f"fps={fps!r}: must be > 0")
+    return max(1, round(fps / 8))
 
 
 def dynamic_degree_score(results: Sequence[DynamicDegree]) -> float:
@@ -173,91 +194,9 @@ def consistency_score(features: np.ndarray | torch.Tensor) -> float:
     return float(((prev + first) / 2).mean())
 
 
-def subject_consistency(
+def subject_consistency_i3d(
     extractor: I3DFeatureExtractor, videos: np.ndarray, *, endpoint: str = "Mixed_5c"
 ) -> np.ndarray:
-    """Subject consistency of a batch ``(B, T, H, W, C)`` uint8 -> ``(B,)`` scores."""
+    """Proxy subject consistency from I3D frame features: ``(B, T, H, W, C)`` uint8 -> ``(B,)``."""
     feats = extractor.frame_features(videos, endpoint=endpoint)  # (B, T, C_endpoint)
     return np.array([consistency_score(f) for f in feats])
-
-
-# ----------------------------------------------------------------------------- weighted dims
-
-
-@dataclass(frozen=True, kw_only=True)
-class WeightedDimension:
-    """A VBench dimension that needs weights the user provides."""
-
-    name: str
-    """Key in :data:`WEIGHTED_DIMENSIONS` and in ``EvalConfig.vbench_weights``."""
-    kind: Literal["frame_score", "frame_embedding"]
-    """What the TorchScript returns per frame: a score in [0, 1] (averaged) or an
-    embedding (scored by :func:`consistency_score`)."""
-    vbench_model: str
-    """The network VBench uses, for the user to export."""
-
-
-WEIGHTED_DIMENSIONS: dict[str, WeightedDimension] = {
-    d.name: d
-    for d in (
-        WeightedDimension(
-            name="imaging_quality", kind="frame_score", vbench_model="MUSIQ (SPAQ), score / 100"
-        ),
-        WeightedDimension(
-            name="aesthetic_quality",
-            kind="frame_score",
-            vbench_model="LAION aesthetic predictor on CLIP ViT-L/14, score / 10",
-        ),
-        WeightedDimension(
-            name="background_consistency",
-            kind="frame_embedding",
-            vbench_model="CLIP ViT-B/32 image embeddings",
-        ),
-        WeightedDimension(
-            name="subject_consistency_dino",
-            kind="frame_embedding",
-            vbench_model="DINO ViT-B/16 embeddings",
-        ),
-    )
-}
-VideoScorer = Callable[[np.ndarray], float]
-_LOADERS: dict[str, Callable[[str], VideoScorer]] = {}
-
-
-def register_loader(name: str, loader: Callable[[str], VideoScorer]) -> None:
-    """Use ``loader(weights_path) -> (video -> score)`` for dimension ``name``."""
-    if name not in WEIGHTED_DIMENSIONS:
-        raise ValueError(f"dimension {name!r}: expected one of {sorted(WEIGHTED_DIMENSIONS)}")
-    _LOADERS[name] = loader
-
-
-def load_dimension(name: str, weights: str | Path, *, device: str = "cpu") -> VideoScorer:
-    """A per-video scorer for a weight-needing dimension, from a local weights path.
-
-    Without a registered loader, ``weights`` is a TorchScript module taking float32
-    ``(T, 3, H, W)`` RGB in ``[0, 1]`` (it resizes and normalises itself) and returning
-    ``(T,)`` scores (``frame_score``) or ``(T, D)`` embeddings (``frame_embedding``).
-
-    Raises:
-        ValueError: Unknown dimension.
-        FileNotFoundError: ``weights`` does not exist (nothing is downloaded).
-    """
-    if name not in WEIGHTED_DIMENSIONS:
-        raise ValueError(f"dimension {name!r}: expected one of {sorted(WEIGHTED_DIMENSIONS)}")
-    if not Path(weights).exists():
-        raise FileNotFoundError(f"{weights}: weights for {name!r} not found (never downloaded)")
-    if name in _LOADERS:
-        return _LOADERS[name](str(weights))
-    module = torch.jit.load(str(weights), map_location=device).eval()
-    kind = WEIGHTED_DIMENSIONS[name].kind
-
-    @torch.inference_mode()
-    def score(video: np.ndarray) -> float:
-        v = _check_video(video, 2)
-        x = torch.from_numpy(v).to(device).permute(0, 3, 1, 2).float() / 255.0  # (T, C, H, W)
-        out = module(x.expand(-1, 3, -1, -1))
-        if kind == "frame_score":
-            return float(out.reshape(-1).double().mean())
-        return consistency_score(out.reshape(v.shape[0], -1).cpu())  # (T, D)
-
-    return score

@@ -18,7 +18,8 @@ from flowception.eval.experiments.config import ROOT
 from flowception.eval.experiments.runner import ExperimentContext
 
 PROTOCOL = "fvd_exp_10f"
-"""Name of the experiments' FVD protocol: 10-frame clips (Moving MNIST has 10-16 frames)."""
+"""Label (param) of the experiments' FVD protocol: 10-frame clips (Moving MNIST has 10-16
+frames); the metric key is ``fvd.key`` (the clip counts actually used)."""
 TRAIN_METRICS = ("train_flops", "time_per_step_s", "diag/rate_mean", "diag/expected_length",
                  "diag/data_length", "diag/velocity_mask_share", "diag/rate_mask_share")  # fmt: skip
 
@@ -134,14 +135,17 @@ def eval_arm(
                   "subject_consistency", "length")  # fmt: skip
         ev = run_eval(load_job_config(checkpoint, [*base, f"eval.metrics=[{','.join(no_fvd)}]"]))
     m = ev.metrics
+    key = ev.params.get("fvd.key", "")  # e.g. fvd64_10f_64px: the counts actually used
+    subject = m.get("vbench/subject_consistency", m.get("proxy/subject_consistency_i3d"))
     return {
-        "fvd": float(m.get(PROTOCOL, math.nan)),
-        "fvd_clips": f"{int(m.get(f'{PROTOCOL}/num_real', 0))}+{int(m.get(f'{PROTOCOL}/num_fake', 0))}",
+        "fvd": float(m.get(key, math.nan)),
+        "fvd_key": key or "n/a",
+        "fvd_clips": f"{int(m.get(f'{key}/num_real', 0))}+{int(m.get(f'{key}/num_fake', 0))}",
         "fvd_non_standard": bool(ev.params.get("fvd.non_standard", True)),
         "flicker": float(m.get("vbench/temporal_flickering", math.nan)),
-        "smoothness": float(m.get("vbench/motion_smoothness", math.nan)),
-        "dynamic": float(m.get("vbench/dynamic_degree", math.nan)),
-        "subject": float(m.get("vbench/subject_consistency", math.nan)),
+        "smoothness": float(m.get("proxy/motion_smoothness_farneback", math.nan)),
+        "dynamic": float(m.get("proxy/dynamic_degree_farneback", math.nan)),
+        "subject": float(math.nan if subject is None else subject),
         "len_gen": float(m.get("length/mean_generated", math.nan)),
         "len_data": float(m.get("length/mean_data", math.nan)),
         "len_w1": float(m.get("length/wasserstein", math.nan)),

@@ -32,6 +32,7 @@ def test_protocol_hash_is_stable_and_sees_every_field():
         FVDProtocol(fake_offset="random"),
         FVDProtocol(seed=1),
         FVDProtocol(name="other"),
+        FVDProtocol(covariance="n-1"),
     ]
     hashes = {v.hash() for v in variants}
     assert len(hashes) == len(variants) and base.hash() not in hashes
@@ -42,7 +43,7 @@ def test_round_trip_and_unknown_keys():
         protocol=FVDProtocol(num_real=64, num_fake=64),
         metrics=("fvd", "length"),
         reference_cache="s3://bucket/refs",
-        vbench_weights={"imaging_quality": "/weights/musiq.pt"},
+        vbench_weights={"subject_consistency": "/weights/dino_vitb16_pretrain.pth"},
     )
     data = cfg.to_dict()
     assert data["protocol"]["num_real"] == 64 and data["metrics"] == ["fvd", "length"]
@@ -77,6 +78,8 @@ def test_protocol_errors_name_field_and_value(kwargs, message):
         (dict(detector_sha256="abc"), "EvalConfig.detector_sha256='abc'"),
         (dict(subject_endpoint="Logits"), "EvalConfig.subject_endpoint='Logits'"),
         (dict(vbench_weights={"clip_score": "/x"}), r"unknown dimension\(s\) \['clip_score'\]"),
+        (dict(vbench_weights={"imaging_quality": "/x"}), r"imaging_quality: MUSIQ \(pyiqa"),
+        (dict(fps=0.0), "EvalConfig.fps=0.0"),
     ],
 )
 def test_eval_config_errors_name_field_and_value(kwargs, message):

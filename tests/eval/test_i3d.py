@@ -121,12 +121,16 @@ def test_preprocess_range_size_and_grey(i3d_weights: Path):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_torchscript_detector_gives_the_same_features(tmp_path: Path, i3d_weights: Path):
-    """A StyleGAN-V style TorchScript detector (called with rescale/resize/return_features)."""
+def test_torchscript_detector_is_called_with_preprocessed_input_and_keywords(
+    tmp_path: Path, i3d_weights: Path
+):
+    """A TorchScript wrapper of our own I3D with StyleGAN-V's keyword signature: the extractor
+    must pass its own preprocessing with ``rescale=False, resize=False, return_features=True``
+    (each flag changes the output, so a wrong flag fails). Not StyleGAN-V's detector file."""
     net = load_detector(i3d_weights).net
     traced = torch.jit.trace(net, torch.zeros(1, 3, 16, 64, 64))
 
-    class StyleGANVDetector(torch.nn.Module):
+    class KeywordDetector(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
             self.inner = inner
@@ -134,15 +138,19 @@ def test_torchscript_detector_gives_the_same_features(tmp_path: Path, i3d_weight
         def forward(
             self,
             x: torch.Tensor,
-            rescale: bool = False,
-            resize: bool = False,
+            rescale: bool = True,
+            resize: bool = True,
             return_features: bool = False,
         ) -> torch.Tensor:
+            if rescale:
+                x = x * 0.5
+            if resize:
+                x = x.flip(-1)
             logits = self.inner(x)
             return logits if return_features else torch.softmax(logits, dim=1)
 
     path = tmp_path / "i3d_torchscript.pt"
-    torch.jit.script(StyleGANVDetector(traced)).save(str(path))
+    torch.jit.script(KeywordDetector(traced)).save(str(path))
     rng = np.random.default_rng(0)
     videos = rng.integers(0, 256, (2, 16, 64, 64, 3), dtype=np.uint8)
     ours = I3DFeatureExtractor(i3d_weights, size=64)

@@ -1,5 +1,5 @@
 """VBench-style metrics: exact values on hand-made videos, behaviour on static / noise /
-moving videos, subject consistency from the real I3D, the weighted-dimension registry."""
+moving videos, the I3D proxy of subject consistency, VBench's frame stride."""
 
 from __future__ import annotations
 
@@ -7,19 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from flowception.eval.metrics import (
-    WEIGHTED_DIMENSIONS,
     consistency_score,
     dynamic_degree,
     dynamic_degree_score,
     interpolate_midframe,
-    load_dimension,
     motion_smoothness,
-    register_loader,
-    subject_consistency,
+    subject_consistency_i3d,
     temporal_flickering,
+    vbench_stride,
 )
 from tests.eval.conftest import read_video
 
@@ -72,6 +69,12 @@ def test_dynamic_degree_static_noise_and_translation():
     assert len(dynamic_degree(NOISE, stride=2).pair_scores) == 7
 
 
+def test_vbench_stride_keeps_about_8_fps():
+    assert [vbench_stride(f) for f in (None, 4, 8, 24, 25, 30, 60)] == [1, 1, 1, 3, 3, 4, 8]
+    with pytest.raises(ValueError, match="fps=0"):
+        vbench_stride(0)
+
+
 def test_consistency_score_hand_cases():
     assert consistency_score(np.ones((5, 3))) == pytest.approx(1.0)
     e1, e2 = np.eye(2)
@@ -83,7 +86,7 @@ def test_consistency_score_hand_cases():
         consistency_score(np.ones(3))
 
 
-def test_subject_consistency_with_real_i3d(i3d_weights: Path):
+def test_subject_consistency_i3d_proxy_with_real_i3d(i3d_weights: Path):
     from flowception.eval.i3d import I3DFeatureExtractor
 
     extractor = I3DFeatureExtractor(i3d_weights, size=112)
@@ -91,41 +94,6 @@ def test_subject_consistency_with_real_i3d(i3d_weights: Path):
     b = read_video("bikes.mp4", num_frames=16, side=112)
     cut = np.concatenate([a[:8], b[8:]])  # the subject changes half-way
     static = np.repeat(a[:1], 16, axis=0)
-    scores = subject_consistency(extractor, np.stack([static, a, cut]))
+    scores = subject_consistency_i3d(extractor, np.stack([static, a, cut]))
     assert scores[0] == pytest.approx(1.0, abs=1e-6)
     assert scores[1] > scores[2] + 0.01, scores
-
-
-def test_weighted_dimension_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from flowception.eval import metrics
-
-    monkeypatch.setattr(metrics, "_LOADERS", {})  # registrations stay in this test
-    assert {"imaging_quality", "aesthetic_quality", "background_consistency"} <= set(
-        WEIGHTED_DIMENSIONS
-    )
-    with pytest.raises(ValueError, match="dimension 'clip_score'"):
-        load_dimension("clip_score", tmp_path)
-    missing = tmp_path / "musiq.pt"
-    with pytest.raises(FileNotFoundError, match=f"{missing}: weights for 'imaging_quality'"):
-        load_dimension("imaging_quality", missing)
-
-    class Brightness(torch.nn.Module):  # (T, 3, H, W) in [0, 1] -> (T,) scores
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.mean(dim=(1, 2, 3))
-
-    class Histogram(torch.nn.Module):  # (T, 3, H, W) -> (T, 3) embeddings
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.mean(dim=(2, 3))
-
-    torch.jit.script(Brightness()).save(str(missing))
-    video = np.zeros((4, 8, 8, 3), np.uint8)
-    video[2:] = 255
-    assert load_dimension("imaging_quality", missing)(video) == pytest.approx(0.5)
-    emb = tmp_path / "clip.pt"
-    torch.jit.script(Histogram()).save(str(emb))
-    video[:, :, :, 0] = 200  # frames never black, so cosines are defined
-    expected = consistency_score(video.reshape(4, -1, 3).mean(axis=1))
-    assert load_dimension("background_consistency", emb)(video) == pytest.approx(expected)
-
-    register_loader("aesthetic_quality", lambda path: lambda v: float(len(v)) + len(path) * 0)
-    assert load_dimension("aesthetic_quality", missing)(video) == 4.0
