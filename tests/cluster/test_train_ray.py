@@ -112,13 +112,16 @@ def test_zero2_run_on_s3_logs_to_mlflow(run_a, services):
     assert run.data.params["deepspeed.zero_stage"] == "2"
     assert run.data.tags["config_hash"] == cfg.hash()
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
-    for key in (*LOGGED, "visible_tokens_per_s"):
+    for key in (*LOGGED, "visible_tokens_per_s", "mfu_cpu"):
         history = _history(services, result.mlflow_run_id, key)
         assert sorted(history) == [1, 2, 3, 4, 5, 6], key
         assert all(v == v for v in history.values()), key  # finite, not NaN
     lr = _history(services, result.mlflow_run_id, "lr")
     assert lr[1] < lr[2] < lr[3]  # warmup
     assert 0 < _history(services, result.mlflow_run_id, "visible_fraction")[3] <= 1
+    assert _history(services, result.mlflow_run_id, "mfu_cpu")[3] > 0
+    calibration = _history(services, result.mlflow_run_id, "diag/rate_calibration")
+    assert calibration and all(0 < v < 10 for v in calibration.values())
     samples = client.list_artifacts(result.mlflow_run_id, "samples/step_0000006")
     assert [f.path.rsplit("/", 1)[1] for f in samples] == ["sample_0.gif"]
     assert samples[0].file_size > 0
