@@ -329,3 +329,34 @@ def test_compare_runs_table_and_plot(mlflow_server, tmp_path):
     table, _ = compare_runs(["compare-test/run-a"], tracking_uri=mlflow_server, out_dir=tmp_path)
     with pytest.raises(ValueError, match="no-such-run"):
         compare_runs(["no-such-run"], tracking_uri=mlflow_server, out_dir=tmp_path)
+
+
+def test_feature_actor_real_rows_carry_static_clips_and_scores(i3d_weights):
+    """Real rows: I3D of the protocol clip, of the first frame held for the clip's length
+    (the static baseline), and the same per-video scores as generated rows; videos shorter
+    than the clip are skipped for FVD but still scored."""
+    from flowception.eval.config import EvalConfig
+    from flowception.eval.generate import FeatureActor
+    from flowception.eval.i3d import I3DFeatureExtractor
+    from flowception.eval.metrics import temporal_flickering
+
+    ev = EvalConfig.from_dict({"detector": str(i3d_weights), "device": "cpu",
+                               "protocol": {"num_frames": 10, "resolution": 64}})  # fmt: skip
+    actor = FeatureActor(ev, role="real")
+    rng = np.random.default_rng(3)
+    videos = [rng.integers(0, 256, (t, 32, 32, 3), dtype=np.uint8) for t in (12, 10, 6)]
+    out = actor({"key": np.array(["a", "b", "c"], dtype=object), "video": videos})
+    assert list(out["has_clip"]) == [True, True, False]
+    ex = I3DFeatureExtractor(i3d_weights, size=64)
+    held = np.stack([np.repeat(v[:1], 10, axis=0) for v in videos[:2]])  # (2, 10, H, W, C)
+    np.testing.assert_allclose(out["static_features"][:2], ex.features(held), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        out["features"][1], ex.features(videos[1][None])[0], rtol=1e-4, atol=1e-3
+    )
+    assert np.isnan(out["features"][2]).all() and np.isnan(out["static_features"][2]).all()
+    assert out["temporal_flickering"][2] == pytest.approx(temporal_flickering(videos[2]))
+    assert np.isfinite(out["subject_consistency_i3d"][:2]).all()
+    assert np.isfinite(out["dynamic"]).all() and np.isfinite(out["motion_smoothness"]).all()
+    cached = FeatureActor(ev, role="real", fvd_features=False)({"key": np.array(["a"], dtype=object),
+                                                                 "video": videos[:1]})  # fmt: skip
+    assert np.isnan(cached["features"]).all() and np.isfinite(cached["temporal_flickering"]).all()

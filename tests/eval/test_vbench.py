@@ -144,6 +144,38 @@ def _clip_reference(net: ClipVisual, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(t[:, 0], (d,), s["ln_post.weight"], s["ln_post.bias"]) @ s["proj"]
 
 
+def _dino_reference(net: DinoViT, x: torch.Tensor) -> torch.Tensor:
+    """DINO's VisionTransformer forward written out: patch conv, CLS + positions, pre-norm
+    blocks (LayerNorm eps 1e-6, fused qkv, exact GELU), final norm, CLS token."""
+    s = net.state_dict()
+    d = s["pos_embed"].shape[-1]
+    heads, eps = d // 64, 1e-6
+    w = s["patch_embed.proj.weight"]
+    t = F.conv2d(x, w, s["patch_embed.proj.bias"], stride=w.shape[-1]).flatten(2).mT
+    t = torch.cat([s["cls_token"].expand(len(x), 1, d), t], 1) + s["pos_embed"]
+    for i in range(len(net.blocks)):
+        p = f"blocks.{i}."
+        y = F.layer_norm(t, (d,), s[p + "norm1.weight"], s[p + "norm1.bias"], eps)
+        qkv = (y @ s[p + "attn.qkv.weight"].T + s[p + "attn.qkv.bias"]).reshape(
+            len(x), -1, 3, heads, 64
+        )
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.mT / 8.0, dim=-1) @ v
+        t = t + a.transpose(1, 2).reshape(t.shape) @ s[p + "attn.proj.weight"].T
+        t = t + s[p + "attn.proj.bias"]
+        y = F.layer_norm(t, (d,), s[p + "norm2.weight"], s[p + "norm2.bias"], eps)
+        h = F.gelu(y @ s[p + "mlp.fc1.weight"].T + s[p + "mlp.fc1.bias"])
+        t = t + h @ s[p + "mlp.fc2.weight"].T + s[p + "mlp.fc2.bias"]
+    return F.layer_norm(t, (d,), s["norm.weight"], s["norm.bias"], eps)[:, 0]
+
+
+def test_dino_vit_equals_written_out_forward():
+    net = _randomise(DinoViT(dim=128, depth=2), 5, scale=0.1)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), _dino_reference(net, x), rtol=1e-4, atol=1e-4)
+
+
 def test_clip_visual_equals_written_out_encode_image():
     net = _randomise(ClipVisual(dim=128, depth=2, patch=32, grid=7, out=32), 3)
     x = torch.randn(2, 3, 224, 224)
