@@ -5,16 +5,23 @@ A checkpoint is a directory ``step_0001000/`` under the run directory
 
     ds/                         DeepSpeed: model + ZeRO optimiser shards of every rank, LR schedule
     latest                      DeepSpeed's tag pointer ("ds")
-    ema.pt                      EMA weights (rank 0; full fp32 tensors)
-    rng_rank000.pt ...          torch / generator / numpy / python RNG states, one per rank
+    ema.safetensors             EMA weights (rank 0; full fp32 tensors)
+    rng_rank000.safetensors ... torch / generator / numpy / python RNG states, one per rank
     cursor_rank000.json ...     data cursor (pipelines.batching.DataCursor) per rank
-    config.yaml                 the TrainConfig
-    manifest.json               written last: step, world size, config hash, {file: size}
+    config.yaml                 the TrainConfig (URIs redacted)
+    manifest.json               written last: step, world size, config hash,
+                                {file: {size, sha256}}
 
-Complete means: ``manifest.json`` exists and every file it lists exists with its size.
-Each rank stages its files in a local temp dir renamed into place when done; the
-upload copies the manifest last. A crash at any point leaves either no step
-directory or one without a (valid) manifest, which every reader skips.
+Complete means: ``manifest.json`` exists, is well formed, and every file it lists
+exists with its size and sha256 (``verify``). Each rank stages its files in a local
+temp dir renamed into place when done; the upload copies the manifest last. A crash
+at any point leaves either no step directory or one without a (valid) manifest, and
+flipped bytes fail the digest: every reader skips such a step (and logs why), so a
+resume falls back to the newest step that verifies.
+
+Reading a checkpoint runs no code: the project's files are safetensors and JSON, and
+DeepSpeed's pickles are read with ``weights_only=True`` and an allow-list
+(``cluster.safe_io.no_code_loads``).
 
     export_weights("runs/flowception-abc/step_0001000", "export/")   # model.safetensors, ...
     net, cfg = load_inference_model("export/")                         # EMA weights, eval mode
@@ -22,8 +29,8 @@ directory or one without a (valid) manifest, which every reader skips.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,12 +42,16 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from flowception.cluster import storage
+from flowception.cluster import safe_io, storage
 from flowception.cluster.config import TrainConfig
 from flowception.model.config import ModelConfig
+from flowception.redact import redact_text
 
-FORMAT = "flowception-checkpoint/1"
+log = logging.getLogger("flowception.checkpoint")
+
+FORMAT = "flowception-checkpoint/2"
 MANIFEST = "manifest.json"
+EMA_FILE = "ema.safetensors"
 DS_TAG = "ds"
 STEP_RE = re.compile(r"^step_(\d{7,})$")
 
@@ -74,18 +85,33 @@ def stage_rank_files(
     tmp = root / f"{step_dir_name(step)}.partial"
     tmp.mkdir()
     engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"step": step})
-    torch.save(rng, tmp / f"rng_rank{rank:03d}.pt")
+    safe_io.save_tree(rng, tmp / rng_name(rank))
     (tmp / f"cursor_rank{rank:03d}.json").write_text(json.dumps(cursor))
     if rank == 0:
-        torch.save(ema.state_dict(), tmp / "ema.pt")
-        (tmp / "config.yaml").write_text(cfg.to_yaml())
+        safe_io.save_tree(ema.state_dict(), tmp / EMA_FILE)
+        (tmp / "config.yaml").write_text(redact_text(cfg.to_yaml()))
     return tmp
 
 
+def rng_name(rank: int) -> str:
+    """``rng_rank000.safetensors``."""
+    return f"rng_rank{rank:03d}.safetensors"
+
+
+def describe_staged(staged: Path) -> dict[str, dict[str, Any]]:
+    """``{file: {"size", "sha256"}}`` of this rank's staged files (for the manifest)."""
+    return safe_io.describe_files(staged)
+
+
 def write_manifest(
-    staged: Path, files: dict[str, int], *, cfg: TrainConfig, step: int, world_size: int
+    staged: Path,
+    files: dict[str, dict[str, Any]],
+    *,
+    cfg: TrainConfig,
+    step: int,
+    world_size: int,
 ) -> None:
-    """Write ``manifest.json`` listing ``files`` (all ranks' files with their sizes)."""
+    """Write ``manifest.json`` listing ``files``: every rank's ``describe_staged``."""
     manifest = {
         "format": FORMAT,
         "step": step,
@@ -117,39 +143,102 @@ def upload(local_dir: Path, uri: str, endpoint_url: str | None = None) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def read_manifest(fs: Any, path: str) -> dict[str, Any] | None:
-    """The manifest of the checkpoint at ``path`` if it is complete, else ``None``."""
+def _problem(manifest: Any, present: dict[str, int]) -> str | None:
+    """Why a parsed manifest does not describe a complete checkpoint (``None``: it does)."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        return f"format {got!r}, expected {FORMAT!r}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "no 'files' in the manifest"
+    for key in ("step", "world_size", "zero_stage"):
+        if not isinstance(manifest.get(key), int):
+            return f"manifest key {key!r} is {manifest.get(key)!r}, expected an int"
+    for name, entry in files.items():
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("size"), int)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            return f"manifest entry {name!r} has no size and sha256"
+        if name not in present:
+            return f"{name}: missing"
+        if present[name] != entry["size"]:
+            return f"{name}: {present[name]} bytes, the manifest says {entry['size']}"
+    return None
+
+
+def read_manifest(fs: Any, path: str, *, quiet: bool = False) -> dict[str, Any] | None:
+    """The manifest of the checkpoint at ``path`` if it is well formed and every file
+    it lists is there with its size, else ``None`` (the reason logged unless ``quiet``
+    or there is no manifest at all). Contents are checked by ``verify``."""
     try:
         manifest = json.loads(storage.read_text(fs, f"{path}/{MANIFEST}"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
         return None
-    if manifest.get("format") != FORMAT:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        manifest, problem = None, f"{MANIFEST} is not JSON ({exc})"
+    else:
+        problem = _problem(manifest, storage.file_sizes(fs, path))
+    if problem is not None:
+        if not quiet:
+            log.warning("checkpoint %s skipped: %s", storage.uri_of(fs, path), problem)
         return None
-    present = storage.file_sizes(fs, path)
-    for name, size in manifest["files"].items():
-        if present.get(name) != size:
-            return None
     return manifest
 
 
+def digest_problem(fs: Any, path: str, manifest: dict[str, Any]) -> str | None:
+    """The first file under ``path`` whose sha256 differs from the manifest's, as a
+    message; ``None`` when every file verifies."""
+    for name, entry in sorted(manifest["files"].items()):
+        with fs.open_input_stream(f"{path}/{name}") as f:
+            actual = safe_io.sha256_stream(f)
+        if actual != entry["sha256"]:
+            return f"{name}: sha256 {actual[:12]}..., the manifest says {entry['sha256'][:12]}..."
+    return None
+
+
+def verified_manifest(fs: Any, path: str) -> dict[str, Any] | None:
+    """``read_manifest`` plus every file's sha256; ``None`` (reason logged) otherwise."""
+    manifest = read_manifest(fs, path)
+    if manifest is None:
+        return None
+    problem = digest_problem(fs, path, manifest)
+    if problem is not None:
+        log.warning("checkpoint %s skipped: %s", storage.uri_of(fs, path), problem)
+        return None
+    return manifest
+
+
+def _steps(fs: Any, path: str) -> list[tuple[int, str]]:
+    found = [(STEP_RE.match(n), n) for n in storage.list_dirs(fs, path)]
+    return sorted((int(m.group(1)), f"{path}/{n}") for m, n in found if m)
+
+
 def list_checkpoints(run_uri: str, endpoint_url: str | None = None) -> list[tuple[int, str]]:
-    """``[(step, uri)]`` of the complete checkpoints of a run, oldest first."""
+    """``[(step, uri)]`` of the complete, verified checkpoints of a run, oldest first.
+
+    A step whose manifest is missing or malformed, or whose files are missing or do not
+    match their size and sha256, is left out (and logged).
+    """
     fs, path = storage.resolve(run_uri, endpoint_url)
-    out = []
-    for name in storage.list_dirs(fs, path):
-        m = STEP_RE.match(name)
-        if m and read_manifest(fs, f"{path}/{name}") is not None:
-            out.append((int(m.group(1)), storage.uri_of(fs, f"{path}/{name}")))
-    return sorted(out)
+    return [
+        (step, storage.uri_of(fs, p))
+        for step, p in _steps(fs, path)
+        if verified_manifest(fs, p) is not None
+    ]
 
 
 def resolve_checkpoint(uri: str, endpoint_url: str | None = None) -> str | None:
-    """A complete checkpoint's URI from a checkpoint or a run directory; ``None`` if none."""
+    """A verified checkpoint's URI from a checkpoint or a run directory (its newest step
+    that verifies); ``None`` if there is none."""
     fs, path = storage.resolve(uri, endpoint_url)
-    if read_manifest(fs, path) is not None:
-        return storage.uri_of(fs, path)
-    found = list_checkpoints(uri, endpoint_url)
-    return found[-1][1] if found else None
+    if storage.is_file(fs, f"{path}/{MANIFEST}"):  # a checkpoint, not a run directory
+        return storage.uri_of(fs, path) if verified_manifest(fs, path) is not None else None
+    for _, p in reversed(_steps(fs, path)):  # newest first: stop at the first that verifies
+        if verified_manifest(fs, p) is not None:
+            return storage.uri_of(fs, p)
+    return None
 
 
 def resume_point(
@@ -170,14 +259,26 @@ def resume_point(
 
 
 def fetch(uri: str, endpoint_url: str | None = None, dest: Path | None = None) -> Path:
-    """A complete checkpoint as a local directory (downloaded when remote)."""
+    """A complete checkpoint as a local directory (downloaded when remote), verified:
+    what is returned is what the manifest's digests describe.
+
+    Raises:
+        FileNotFoundError: no valid manifest, or a file does not match its digest.
+    """
     fs, path = storage.resolve(uri, endpoint_url)
-    if read_manifest(fs, path) is None:
+    manifest = read_manifest(fs, path)
+    if manifest is None:
         raise FileNotFoundError(f"{uri}: not a complete checkpoint (no valid {MANIFEST})")
     if fs.type_name == "local" and dest is None:
-        return Path(path)
-    dest = dest or Path(tempfile.mkdtemp(prefix="flowception-fetch-")) / Path(path).name
-    return storage.download_dir(fs, path, dest)
+        local = Path(path)
+    else:
+        dest = dest or Path(tempfile.mkdtemp(prefix="flowception-fetch-")) / Path(path).name
+        local = storage.download_dir(fs, path, dest)
+    local_fs = storage.pafs.LocalFileSystem()
+    problem = digest_problem(local_fs, str(local), manifest)
+    if problem is not None:
+        raise FileNotFoundError(f"{uri}: not a complete checkpoint ({problem})")
+    return local
 
 
 def merged_cursor(uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
@@ -200,20 +301,30 @@ def restore_rank(
 ) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Load a checkpoint into this rank's engine and EMA.
 
+    A ZeRO-0 checkpoint loads into any world size (``cluster.launch.check_resume`` refuses
+    the others before the workers start); a rank the checkpoint did not have gets
+    ``None`` RNG states and an empty cursor.
+
     Returns:
-        ``(step, rng states, cursor dict)`` of this rank.
+        ``(step, rng states or None, cursor dict)`` of this rank.
     """
     manifest = json.loads((local_dir / MANIFEST).read_text())
-    if manifest["world_size"] != world_size:
+    if manifest["world_size"] != world_size and manifest["zero_stage"] != 0:
         raise ValueError(
-            f"{local_dir}: written by {manifest['world_size']} ranks, this run has {world_size}"
+            f"{local_dir}: written by {manifest['world_size']} ranks at ZeRO-"
+            f"{manifest['zero_stage']}, this run has {world_size}"
         )
-    _, client = engine.load_checkpoint(str(local_dir), tag=DS_TAG)
+    with safe_io.no_code_loads():  # DeepSpeed's pickles: tensors and allow-listed types only
+        _, client = engine.load_checkpoint(str(local_dir), tag=DS_TAG)
     if client is None:
         raise FileNotFoundError(f"{local_dir}/{DS_TAG}: DeepSpeed could not load it")
-    ema.load_state_dict(torch.load(local_dir / "ema.pt", weights_only=False))
-    rng = torch.load(local_dir / f"rng_rank{rank:03d}.pt", weights_only=False)
-    cursor = json.loads((local_dir / f"cursor_rank{rank:03d}.json").read_text())
+    ema.load_state_dict(safe_io.load_tree(local_dir / EMA_FILE))
+    rng_file, cursor_file = (
+        local_dir / rng_name(rank),
+        local_dir / f"cursor_rank{rank:03d}.json",
+    )
+    rng = safe_io.load_tree(rng_file) if rng_file.exists() else None
+    cursor = json.loads(cursor_file.read_text()) if cursor_file.exists() else {}
     return int(manifest["step"]), rng, cursor
 
 
@@ -225,15 +336,17 @@ def restore_rank(
 def consolidated_state_dict(local_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
     """Full fp32 weights from a DeepSpeed checkpoint of any ZeRO stage (one process)."""
     if zero_stage == 0:
-        states = torch.load(
-            local_dir / DS_TAG / "mp_rank_00_model_states.pt",
-            map_location="cpu",
-            weights_only=False,
-        )
+        with safe_io.no_code_loads():
+            states = torch.load(
+                local_dir / DS_TAG / "mp_rank_00_model_states.pt",
+                map_location="cpu",
+                weights_only=True,
+            )
         return {k: v.float() for k, v in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(local_dir), tag=DS_TAG)
+    with safe_io.no_code_loads():  # zero_to_fp32 passes weights_only=False: forced to True
+        state = get_fp32_state_dict_from_zero_checkpoint(str(local_dir), tag=DS_TAG)
     return {k: v.float() for k, v in state.items()}
 
 
@@ -258,7 +371,7 @@ def export_weights(
     manifest = json.loads((local / MANIFEST).read_text())
     cfg = TrainConfig.from_dict(yaml.safe_load((local / "config.yaml").read_text()))
     weights = consolidated_state_dict(local, manifest["zero_stage"])
-    ema = torch.load(local / "ema.pt", map_location="cpu", weights_only=False)["shadow"]
+    ema = safe_io.load_tree(local / EMA_FILE)["shadow"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"step": str(manifest["step"]), "config_hash": manifest["config_hash"]}
@@ -269,8 +382,12 @@ def export_weights(
         k: (v.float() if v.is_floating_point() else v).contiguous().clone() for k, v in ema.items()
     }
     save_file(ema, out / "ema.safetensors", meta)
-    (out / "config.yaml").write_text(cfg.to_yaml())
-    info = {"source": uri, "step": manifest["step"], "config_hash": manifest["config_hash"]}
+    (out / "config.yaml").write_text(redact_text(cfg.to_yaml()))
+    info = {
+        "source": redact_text(uri),
+        "step": manifest["step"],
+        "config_hash": manifest["config_hash"],
+    }
     (out / "export.json").write_text(json.dumps(info, indent=1))
     return out
 
@@ -278,9 +395,9 @@ def export_weights(
 def model_config_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
     """``["width: 32 != 64", ...]`` for the fields where ``a`` and ``b`` differ."""
     return [
-        f"{f.name}: {getattr(a, f.name)!r} != {getattr(b, f.name)!r}"
-        for f in dataclasses.fields(a)
-        if getattr(a, f.name) != getattr(b, f.name)
+        f"{name}: {getattr(a, name)!r} != {getattr(b, name)!r}"
+        for name in type(a).model_fields
+        if getattr(a, name) != getattr(b, name)
     ]
 
 

@@ -11,6 +11,7 @@
     flowception status JOB_ID --address http://127.0.0.1:8265
     flowception logs JOB_ID --address http://127.0.0.1:8265 --follow
     flowception stop JOB_ID --address http://127.0.0.1:8265
+    flowception tracking flush runs/try1                          # MLflow records left on disk
 
 Overrides are ``section.key=value`` (YAML values) and go right after CONFIG, before
 any ``--option``; unknown keys are an error naming the key, and the whole config is
@@ -71,6 +72,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     server.add_argument("--port", type=int, default=None, help="default: a free port")
     server.set_defaults(func=_mlflow_server)
+
+    tracking = subparsers.add_parser(
+        "tracking", help="MLflow records a run could not send (server away) and their replay"
+    )
+    tracking_sub = tracking.add_subparsers(dest="tracking_command", required=True)
+    flush = tracking_sub.add_parser(
+        "flush", help="send a run's spooled metrics, artifacts and end status to MLflow"
+    )
+    flush.add_argument("run_dir", help="the run directory (local or s3://), holding tracking/")
+    flush.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow server (default: MLFLOW_TRACKING_URI, else the run's run.json)",
+    )
+    flush.add_argument(
+        "--endpoint-url", default=None, help="S3 endpoint of an s3:// RUN_DIR (default: AWS)"
+    )
+    flush.set_defaults(func=_tracking_flush)
 
 
 def _address(p: argparse.ArgumentParser) -> None:
@@ -138,6 +157,27 @@ def _logs(args: argparse.Namespace) -> int:
         state = submit.follow(args.job_id, address=args.address)
         return 0 if state == "SUCCEEDED" else 1
     print(submit.logs(args.job_id, address=args.address), end="")
+    return 0
+
+
+def _tracking_flush(args: argparse.Namespace) -> int:
+    from flowception.cluster.tracking import flush_run
+    from flowception.redact import redact_text
+
+    try:
+        left = flush_run(args.run_dir, args.tracking_uri, args.endpoint_url)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"flowception tracking flush: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the server is still away: one line, not a trace
+        print(f"flowception tracking flush: {args.run_dir}: MLflow unreachable "
+              f"({redact_text(str(exc))[:300]}); what arrived is recorded, run it again later",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    if any(left.values()):
+        print(f"{args.run_dir}: still on disk: {left}", file=sys.stderr)
+        return 1
+    print(f"{args.run_dir}: everything sent")
     return 0
 
 

@@ -146,15 +146,12 @@ class TrackingConfig(Config):
     """Sampler steps per unit time for the periodic samples (``None``: ``method.num_steps``)."""
     video_format: Literal["gif", "mp4"] = "gif"
     """File format of the sample videos."""
-    max_buffered: int = 10_000
-    """Metric rows kept while the server is unreachable (oldest dropped beyond this)."""
 
     @model_validator(mode="after")
     def _check(self):
         _require(self.log_every >= 1, self, "log_every", "must be >= 1")
         _require(self.sample_every >= 0, self, "sample_every", "must be >= 0")
         _require(self.num_samples >= 1, self, "num_samples", "must be >= 1")
-        _require(self.max_buffered >= 1, self, "max_buffered", "must be >= 1")
         return self
 
 

@@ -27,11 +27,14 @@ from flowception.cluster import checkpoint, storage
 from flowception.cluster.config import TrainConfig
 from flowception.cluster.ray_session import connect
 from flowception.cluster.tracking import create_run, git_commit, run_exists, tracking_uri
+from flowception.redact import redact_uri
 
 log = logging.getLogger("flowception.launch")
 
-# Environment variables handed to the workers when set on the driver (no credentials).
-WORKER_ENV = ("FLOWCEPTION_FAULT", "AWS_ENDPOINT_URL", "AWS_REGION", "MLFLOW_TRACKING_URI")
+# Environment variables handed to the workers when set on the driver. No credentials:
+# Ray logs a runtime_env in clear (runtime_env_agent.log); the tracking URI, which may
+# hold a password, reaches rank 0 inside the train_loop_config (``run["mlflow_uri"]``).
+WORKER_ENV = ("FLOWCEPTION_FAULT", "AWS_ENDPOINT_URL", "AWS_REGION")
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ def run_info(cfg: TrainConfig) -> dict[str, Any]:
         previous = {}
     uri = tracking_uri(cfg.tracking)
     run_id = previous.get("mlflow_run_id")
-    if run_id and previous.get("mlflow_uri") != uri:  # the same store may answer on a new port
+    if run_id and previous.get("mlflow_uri") != redact_uri(uri):  # same store, new port?
         run_id = run_id if uri and run_exists(uri, run_id) else None
     commit = provenance_commit()
     if uri and run_id is None:
@@ -142,8 +145,9 @@ def run_info(cfg: TrainConfig) -> dict[str, Any]:
         "mlflow_run_id": run_id,
         "created": previous.get("created", time.time()),
     }
-    storage.with_retries(lambda: fs.create_dir(run_path, recursive=True), what=run_path)
-    storage.write_text(fs, info_path, json.dumps(info, indent=1))
+    fs.create_dir(run_path, recursive=True)
+    written = {**info, "mlflow_uri": redact_uri(uri)}  # the workers get the real one in memory
+    storage.write_text(fs, info_path, json.dumps(written, indent=1))
     return info
 
 
@@ -180,6 +184,7 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
 
     for key, value in cfg.flat().items():  # YOUR_BUCKET left in a manifest: refuse, not run
         check_value(key, value)
+    tracking_uri(cfg.tracking)  # tracking on without a URI: an error now, before Ray starts
     cfg = absolute_paths(cfg)
     endpoint = cfg.cluster.storage_endpoint_url
     resumed = check_resume(cfg)  # fail now, not in the workers (and not max_failures times)

@@ -8,6 +8,18 @@ API that the dashboard serves once a second, and without it every training run p
 a "Failed to query Ray Train Controller actor state" warning for each poll. The
 dashboard also gives users of a local run the usual view of tasks and actors.
 
+A local head listens on loopback only: every Ray service (GCS, raylet, object
+manager, dashboard and its agents, runtime-env agent, workers) binds to
+``127.0.0.1``, so nobody else on the network can submit work to it. Ray's servers
+listen on localhost only when the node's address is ``127.0.0.1``, but
+``ray.init(_node_ip_address="127.0.0.1")`` is turned back into the machine's address;
+Ray keeps a node on loopback only in its single-machine mode (the one it uses on
+macOS and Windows, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), which ``loopback_only``
+switches on for this process and the ones Ray starts. To let
+other machines reach it, ask for it: ``FLOWCEPTION_RAY_HOST=<this machine's IP>``
+(Ray's default behaviour: its servers then listen on every interface). A cluster (``RAY_ADDRESS``) is configured by
+whoever started it.
+
 A local head also checks ``kernel.pid_max``. Ray's workers create thousands of
 threads, which draw their ids from the same pool as processes; with the old default of
 32768 the ids wrap every minute or two. The raylet force-kills a worker that has not
@@ -30,6 +42,23 @@ log = logging.getLogger("flowception.ray")
 PID_MAX_FILE = Path("/proc/sys/kernel/pid_max")
 MIN_PID_MAX = 4_194_304
 """Below this, ``check_pid_max`` warns (the value 64-bit systemd distributions set)."""
+HOST_ENV = "FLOWCEPTION_RAY_HOST"
+"""The address a local head binds to; default loopback (``LOOPBACK``)."""
+LOOPBACK = "127.0.0.1"
+
+
+def local_host() -> str:
+    """Where a local head listens: ``FLOWCEPTION_RAY_HOST`` if set, else ``127.0.0.1``."""
+    return os.environ.get(HOST_ENV) or LOOPBACK
+
+
+def loopback_only() -> None:
+    """Ray's single-machine mode: the node's address is ``127.0.0.1``, so the GCS, the
+    raylet and the agents bind to loopback (see the module docstring)."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the processes Ray starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this one (read when ray was imported)
 
 
 def check_pid_max(path: Path = PID_MAX_FILE) -> int | None:
@@ -71,12 +100,15 @@ def connect(num_cpus: int | None = None, *, address: str | None = None) -> bool:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     local = address in (None, "local")
-    ctx = ray.init(
-        address=address,
-        num_cpus=num_cpus if local else None,
-        include_dashboard=True if local else None,
-        configure_logging=False,
-    )
+    head: dict = {}
+    if local:  # loopback unless asked otherwise
+        host = local_host()
+        head = {"num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": host}
+        if host == LOOPBACK:
+            loopback_only()
+        else:
+            head["_node_ip_address"] = host
+    ctx = ray.init(address=address, configure_logging=False, **head)
     if local:
         check_pid_max()
         if ctx.dashboard_url:

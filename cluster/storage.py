@@ -1,25 +1,28 @@
-"""Checkpoint storage: local directories or ``s3://`` through ``pyarrow.fs``, one retry helper.
+"""Checkpoint storage: local directories or ``s3://`` through ``pyarrow.fs``.
 
 ``pyarrow.fs`` is what Ray Train persists checkpoints with, so the same filesystem
 object serves the trainer (``RunConfig(storage_filesystem=...)``), the checkpoint
-listing and the downloads. S3 credentials come from the environment (or the
-instance role), never from a config; the endpoint from ``cluster.storage_endpoint_url``
-or ``AWS_ENDPOINT_URL``.
+listing, the uploads and the downloads. S3 goes through the project's one s3fs
+filesystem (``pipelines.shards.s3_filesystem``) and so through its one retry policy:
+every request, checkpoint writes included, retries connection errors with backoff,
+and an error that outlasts the retries is raised to the caller (in a Ray Train
+worker that fails the attempt, and ``cluster.max_failures`` decides what follows).
+S3 credentials come from the environment (or the instance role), never from a
+config; the endpoint from ``cluster.storage_endpoint_url`` or ``AWS_ENDPOINT_URL``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
 
 import pyarrow.fs as pafs
 
+from flowception.pipelines import shards
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def resolve(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
@@ -33,14 +36,12 @@ def resolve(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem,
         ``(fs, path)``: ``path`` is ``bucket/prefix`` for S3 and absolute for local.
     """
     if uri.startswith("s3://"):
-        import s3fs
-
         # pyarrow over s3fs rather than pyarrow's native S3: s3fs puts small files in one
         # request, while the native client's multipart uploads were refused at random by
         # the S3 test server (INTERNAL_FAILURE on CompleteMultipartUpload) under Ray.
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
         region = os.environ.get("AWS_REGION", "us-east-1")
-        fs = s3fs.S3FileSystem(endpoint_url=endpoint, client_kwargs={"region_name": region})
+        fs = shards.s3_filesystem(shards.Storage(endpoint_url=endpoint, region=region))
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), uri[len("s3://") :].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
@@ -50,43 +51,24 @@ def uri_of(fs: pafs.FileSystem, path: str) -> str:
     return f"s3://{path}" if fs.type_name != "local" else path
 
 
-def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 3, delay: float = 0.5) -> T:
-    """Call ``fn``; retry transient storage errors (``OSError`` but not missing files).
-
-    Args:
-        fn: the storage operation.
-        what: the path it touches (named in logs and in the final error).
-        attempts: total tries.
-        delay: first backoff in seconds, doubled after each failure.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except (FileNotFoundError, PermissionError):
-            raise
-        except OSError as exc:
-            if attempt == attempts:
-                raise OSError(f"{what}: {exc} (after {attempts} attempts)") from exc
-            log.warning("storage: %s failed (%s), retry %d/%d", what, exc, attempt, attempts - 1)
-            time.sleep(delay * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+def is_file(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether ``path`` is a file."""
+    return fs.get_file_info(path).type == pafs.FileType.File
 
 
 def list_dirs(fs: pafs.FileSystem, path: str) -> list[str]:
     """Base names of the sub-directories of ``path`` (empty if it does not exist)."""
-    info = with_retries(lambda: fs.get_file_info(path), what=path)
+    info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         return []
-    entries = with_retries(
-        lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)), what=path
-    )
+    entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory)
 
 
 def file_sizes(fs: pafs.FileSystem, path: str) -> dict[str, int]:
     """``{relative path: size}`` of every file under ``path`` (empty if it does not exist)."""
     sel = pafs.FileSelector(path, recursive=True, allow_not_found=True)
-    entries = with_retries(lambda: fs.get_file_info(sel), what=path)
+    entries = fs.get_file_info(sel)
     root = path.rstrip("/") + "/"
     return {e.path[len(root) :]: e.size for e in entries if e.type == pafs.FileType.File}
 
@@ -94,21 +76,14 @@ def file_sizes(fs: pafs.FileSystem, path: str) -> dict[str, int]:
 def read_text(fs: pafs.FileSystem, path: str) -> str:
     """The whole file as text."""
 
-    def read() -> str:
-        with fs.open_input_stream(path) as f:
-            return f.read().decode()
-
-    return with_retries(read, what=path)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
 
 
 def write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
-    """Write a small file in one go, retried (S3 may fail a PUT transiently)."""
-
-    def write() -> None:
-        with fs.open_output_stream(path) as f:
-            f.write(text.encode())
-
-    with_retries(write, what=path)
+    """Write a small file in one go."""
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
 
 
 def upload_files(
@@ -124,20 +99,15 @@ def upload_files(
     The manifest goes last so that a reader never sees it before the files it lists.
     """
     local = pafs.LocalFileSystem()
-    with_retries(lambda: fs.create_dir(dest, recursive=True), what=dest)
+    fs.create_dir(dest, recursive=True)
     names = list(names)
     ordered = [n for n in names if n != last] + [n for n in names if n == last]
     for name in ordered:
         src, dst = str(local_dir / name), f"{dest}/{name}"
         if "/" in name:
             parent = dst.rsplit("/", 1)[0]
-            with_retries(lambda p=parent: fs.create_dir(p, recursive=True), what=parent)
-        with_retries(
-            lambda s=src, d=dst: pafs.copy_files(
-                s, d, source_filesystem=local, destination_filesystem=fs
-            ),
-            what=dst,
-        )
+            fs.create_dir(parent, recursive=True)
+        pafs.copy_files(src, dst, source_filesystem=local, destination_filesystem=fs)
 
 
 def download_dir(fs: pafs.FileSystem, path: str, local_dir: Path) -> Path:
@@ -145,13 +115,7 @@ def download_dir(fs: pafs.FileSystem, path: str, local_dir: Path) -> Path:
     local_dir.mkdir(parents=True, exist_ok=True)
     if fs.type_name == "local" and Path(path).resolve() == local_dir.resolve():
         return local_dir
-    with_retries(
-        lambda: pafs.copy_files(
-            path,
-            str(local_dir),
-            source_filesystem=fs,
-            destination_filesystem=pafs.LocalFileSystem(),
-        ),
-        what=path,
+    pafs.copy_files(
+        path, str(local_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
     )
     return local_dir

@@ -199,11 +199,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             log.info("resumed from %s at step %d", ckpt, step)
     tracker = None
     if rank == 0 and run.get("mlflow_run_id"):
-        from flowception.cluster.tracking import Tracker
+        from flowception.cluster.tracking import Tracker, spool_dir
 
-        tracker = Tracker(
-            run["mlflow_uri"], run["mlflow_run_id"], max_buffered=cfg.tracking.max_buffered
-        )
+        spool = spool_dir(run["run_uri"], run["run_name"])  # nothing lost while MLflow is away
+        tracker = Tracker(run["mlflow_uri"], run["mlflow_run_id"], spool=spool)
 
     # [3] step
     tokens_per_frame = cfg.model.tokens_per_frame
@@ -325,7 +324,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if step % cfg.checkpoint.every_steps and step != cfg.steps:
         _save_and_report(cfg, engine, ema, stream, generator, step, rank, world, last)
     if tracker:
-        tracker.close()
+        tracker.close(run_uri=run["run_uri"], endpoint_url=endpoint)  # FINISHED once all arrived
 
 
 def _save_and_report(
@@ -352,11 +351,11 @@ def _save_and_report(
         cursor=stream.cursor.to_dict(),
     )
     maybe_die("save", step, rank)
-    files = storage.file_sizes(storage.pafs.LocalFileSystem(), str(staged))
-    everyone: list[dict[str, int]] = [{} for _ in range(world)]
+    files = checkpoint.describe_staged(staged)  # {name: {size, sha256}}
+    everyone: list[dict[str, Any]] = [{} for _ in range(world)]
     dist.all_gather_object(everyone, files)
     if rank == 0:
-        merged: dict[str, int] = {}
+        merged: dict[str, Any] = {}
         for part in reversed(everyone):  # rank 0's copy wins for shared names
             merged.update(part)
         checkpoint.write_manifest(staged, merged, cfg=cfg, step=step, world_size=world)

@@ -73,7 +73,7 @@ class DataConfig(Config):
     s3_anon: bool = False
     """Anonymous S3 access (public buckets); credentials otherwise come from the environment."""
     storage_retries: int = 3
-    """Attempts for one storage read or write on transient errors (see ``shards.with_retries``)."""
+    """Tries per S3 request on connection errors, timeouts, throttling, 5xx (``shards.retry_policy``)."""
     encoder: Encoder = "none"
     """Optional latent stage: ``none``; ``identity`` (CPU, for tests); ``vae`` (GPU, ``[vae]`` extra)."""
     encoder_path: str | None = None

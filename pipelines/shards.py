@@ -1,9 +1,12 @@
-"""Shard storage: the fsspec boundary (local or ``s3://``), its one retry helper, the
-shard writer and the shard listing.
+"""Shard storage: the fsspec boundary (local or ``s3://``), the project's one storage
+retry policy, the shard writer and the shard listing.
 
-Everything that touches storage goes through ``read_bytes`` / ``write_bytes`` /
-``list_shards`` here, each wrapped in ``with_retries``. Shards are small (tens of
-MB), so a shard is read and written as one object: one GET or PUT, retried whole.
+Everything that touches S3 gets its filesystem from ``s3_filesystem`` here (the
+checkpoint storage in ``cluster.storage`` too), configured by ``retry_policy``:
+botocore's ``standard`` retry mode retries connection errors, timeouts, throttling
+and 5xx answers of every request with exponential backoff and jitter, and s3fs's
+own retries cover the body reads botocore has handed over. No retry loop of our
+own. Shards are small (tens of MB), so a shard is read and written as one object.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import json
 import logging
 import os
 import tarfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,6 +32,28 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- #
 
 
+RETRY_MODE = "standard"
+"""botocore's retry mode: ``standard`` retries connection errors, timeouts, throttling
+and 5xx with exponential backoff (``adaptive`` adds client-side rate limiting)."""
+DEFAULT_ATTEMPTS = 5
+"""Attempts per S3 request where no config says otherwise (checkpoints)."""
+CONNECT_TIMEOUT_S = 10
+READ_TIMEOUT_S = 60
+
+
+def retry_policy(attempts: int = DEFAULT_ATTEMPTS) -> dict[str, Any]:
+    """The botocore ``Config`` arguments (s3fs ``config_kwargs``) of the retry policy.
+
+    Args:
+        attempts: tries per request, the first included (botocore's ``total_max_attempts``).
+    """
+    return {
+        "retries": {"mode": RETRY_MODE, "total_max_attempts": attempts},
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "read_timeout": READ_TIMEOUT_S,
+    }
+
+
 @dataclass(frozen=True)
 class Storage:
     """How to reach ``s3://`` URLs (credentials come from the environment, never here)."""
@@ -37,12 +61,32 @@ class Storage:
     endpoint_url: str | None = None
     region: str | None = None
     anon: bool = False
-    retries: int = 3
+    retries: int = DEFAULT_ATTEMPTS
+    """Attempts per request (``retry_policy``)."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> Storage:
         """From a ``DataConfig`` (endpoint resolved against the environment)."""
         return cls(cfg.endpoint_url(), cfg.s3_region, cfg.s3_anon, cfg.storage_retries)
+
+
+def s3_filesystem(storage: Storage | None = None) -> Any:
+    """An ``s3fs.S3FileSystem`` for ``storage`` with the retry policy (``retry_policy``).
+
+    The region defaults to ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (botocore's lookup).
+    """
+    import s3fs
+
+    storage = storage or Storage()
+    client_kwargs = {"region_name": storage.region} if storage.region else {}
+    fs = s3fs.S3FileSystem(
+        anon=storage.anon,
+        endpoint_url=storage.endpoint_url,
+        client_kwargs=client_kwargs,
+        config_kwargs=retry_policy(storage.retries),
+    )
+    fs.retries = storage.retries  # s3fs's tries for a response body (a class attribute)
+    return fs
 
 
 def filesystem(url: str, storage: Storage | None = None) -> tuple[Any, str]:
@@ -52,17 +96,8 @@ def filesystem(url: str, storage: Storage | None = None) -> tuple[Any, str]:
         ``(fs, path)``: s3fs for ``s3://bucket/key`` (path ``bucket/key``), the local
         filesystem otherwise (absolute path).
     """
-    storage = storage or Storage()
     if url.startswith("s3://"):
-        import s3fs
-
-        client_kwargs = {"region_name": storage.region} if storage.region else {}
-        fs = s3fs.S3FileSystem(
-            anon=storage.anon,
-            endpoint_url=storage.endpoint_url,
-            client_kwargs=client_kwargs,
-        )
-        return fs, url[len("s3://") :].rstrip("/")
+        return s3_filesystem(storage), url[len("s3://") :].rstrip("/")
     from fsspec.implementations.local import LocalFileSystem
 
     return LocalFileSystem(), os.path.abspath(url)
@@ -73,44 +108,22 @@ def join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
 
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return False
-    return isinstance(exc, (OSError, TimeoutError, ConnectionError)) or type(exc).__module__.split(
-        "."
-    )[0] in {"botocore", "aiobotocore", "aiohttp"}
-
-
-def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 3, delay: float = 0.2) -> T:
-    """Call ``fn`` and retry it on transient storage errors, with exponential backoff.
-
-    Missing files, missing buckets and permission errors are not retried: they are
-    raised at once (their message names ``what``).
-
-    Args:
-        fn: the storage operation (no arguments).
-        what: the URL it touches, for logs and errors.
-        attempts: total tries (>= 1).
-        delay: first backoff in seconds, doubled after each failure.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{what}: not found ({exc})") from None
-        except Exception as exc:
-            if attempt == attempts or not _transient(exc):
-                raise
-            log.warning("storage: %s failed (%s), retry %d/%d", what, exc, attempt, attempts - 1)
-            time.sleep(delay * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+def named(fn: Callable[[], T], what: str) -> T:
+    """``fn()``, with a missing object's error naming the URL ``what`` (no retry here:
+    the filesystem's retry policy already ran)."""
+    try:
+        return fn()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{what}: not found ({exc})") from None
 
 
 def _check_bucket(fs: Any, path: str, url: str) -> None:
     if url.startswith("s3://"):
         bucket = path.split("/", 1)[0]
-        if not fs.exists(bucket):
-            raise FileNotFoundError(f"{url}: bucket {bucket!r} does not exist or is not reachable")
+        try:  # not fs.exists: it reads a missing credential or a dead endpoint as "no bucket"
+            fs.ls(bucket, refresh=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{url}: bucket {bucket!r} does not exist") from None
 
 
 def read_bytes(url: str, storage: Storage | None = None) -> bytes:
@@ -122,7 +135,7 @@ def read_bytes(url: str, storage: Storage | None = None) -> bytes:
         with fs.open(path, "rb") as f:
             return f.read()
 
-    return with_retries(get, what=url, attempts=storage.retries)
+    return named(get, url)
 
 
 def write_bytes(url: str, data: bytes, storage: Storage | None = None) -> None:
@@ -147,15 +160,13 @@ def write_bytes(url: str, data: bytes, storage: Storage | None = None) -> None:
         with fs.open(path, "wb") as f:
             f.write(data)
 
-    with_retries(put, what=url, attempts=storage.retries)
+    named(put, url)
 
 
 def exists(url: str, storage: Storage | None = None) -> bool:
     """Whether the object or file at ``url`` exists (retried on transient errors)."""
     fs, path = filesystem(url, storage)
-    return bool(
-        with_retries(lambda: fs.exists(path), what=url, attempts=(storage or Storage()).retries)
-    )
+    return bool(fs.exists(path))
 
 
 # --------------------------------------------------------------------------- #
@@ -203,7 +214,7 @@ def list_shards(base: str, storage: Storage | None = None) -> list[ShardInfo]:
     storage = storage or Storage()
     fs, path = filesystem(base, storage)
     _check_bucket(fs, path, base)
-    entries = with_retries(lambda: fs.ls(path, detail=True), what=base, attempts=storage.retries)
+    entries = named(lambda: fs.ls(path, detail=True), base)
     present = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in entries}
     if schema.INDEX_NAME in present:
         index = parse_index(

@@ -29,8 +29,8 @@ def _write_checkpoint(run: Path, step: int, *, manifest: bool = True) -> Path:
     for name, data in files.items():
         (staged / name).write_bytes(data)
     if manifest:
-        sizes = {k: len(v) for k, v in files.items()}
-        checkpoint.write_manifest(staged, sizes, cfg=cfg, step=step, world_size=2)
+        described = checkpoint.describe_staged(staged)
+        checkpoint.write_manifest(staged, described, cfg=cfg, step=step, world_size=2)
     return checkpoint.finalize_local(staged)
 
 
@@ -112,3 +112,66 @@ def test_config_yaml_round_trip_in_checkpoint(tmp_path):
     assert cfg == load_config(ROOT / "configs/demo-cpu.yaml")
     manifest = json.loads((ckpt / "manifest.json").read_text())
     assert manifest["config_hash"] == cfg.hash() and manifest["world_size"] == 2
+
+
+def _flip(path: Path, n: int = 64) -> None:
+    """Invert up to ``n`` bytes in the middle of ``path``: same size, different content."""
+    data = bytearray(path.read_bytes())
+    start = max(0, len(data) // 2 - n // 2)
+    for i in range(start, min(len(data), start + n)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_are_caught_and_resume_falls_back(tmp_path, caplog):
+    run = tmp_path / "run"
+    good = _write_checkpoint(run, 2)
+    bad = _write_checkpoint(run, 4)
+    victim = bad / "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    size = victim.stat().st_size
+    _flip(victim)
+    assert victim.stat().st_size == size  # a size check cannot see it
+    with caplog.at_level("WARNING", logger="flowception.checkpoint"):
+        assert [s for s, _ in checkpoint.list_checkpoints(str(run))] == [2]
+        assert checkpoint.resume_point(str(run), None) == str(good)  # the newest that verifies
+        assert checkpoint.resolve_checkpoint(str(bad)) is None
+    assert (
+        "step_0000004 skipped: ds/zero_pp_rank_1_mp_rank_00_optim_states.pt: sha256" in caplog.text
+    )
+    with pytest.raises(FileNotFoundError, match="zero_pp_rank_1.*sha256"):
+        checkpoint.fetch(str(bad))
+
+
+def test_malformed_manifests_are_skipped_and_logged(tmp_path, caplog):
+    run = tmp_path / "run"
+    good = _write_checkpoint(run, 2)
+    for step, edit in (
+        (4, lambda m: m.pop("files")),  # the issue's crash: a manifest without files
+        (6, lambda m: m["files"].update({"config.yaml": 12})),  # an old size-only entry
+        (8, lambda m: m.update(step="8")),
+    ):
+        ckpt = _write_checkpoint(run, step)
+        manifest = json.loads((ckpt / checkpoint.MANIFEST).read_text())
+        edit(manifest)
+        (ckpt / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    (_write_checkpoint(run, 10) / checkpoint.MANIFEST).write_text("{not json")
+    with caplog.at_level("WARNING", logger="flowception.checkpoint"):
+        assert checkpoint.list_checkpoints(str(run)) == [(2, str(good))]
+        assert checkpoint.resolve_checkpoint(str(run)) == str(good)
+    for needle in ("step_0000004 skipped: no 'files'", "step_0000006 skipped: manifest entry",
+                   "step_0000008 skipped: manifest key 'step'", "step_0000010 skipped: manifest.json is not JSON"):  # fmt: skip
+        assert needle in caplog.text, needle
+
+
+def test_s3_flipped_bytes_are_caught(tmp_path, s3_bucket):
+    local = _write_checkpoint(tmp_path / "run", 3)
+    run_uri = f"{s3_bucket}/runs/flip"
+    checkpoint.upload(local, f"{run_uri}/{local.name}")
+    assert [s for s, _ in checkpoint.list_checkpoints(run_uri)] == [3]
+    _flip(local / "cursor_rank001.json", n=4)  # re-upload one file, same size, other bytes
+    fs, path = storage.resolve(f"{run_uri}/{local.name}")
+    with fs.open_output_stream(f"{path}/cursor_rank001.json") as f:
+        f.write((local / "cursor_rank001.json").read_bytes())
+    assert checkpoint.list_checkpoints(run_uri) == []
+    with pytest.raises(FileNotFoundError, match="cursor_rank001.json: sha256"):
+        checkpoint.fetch(f"{run_uri}/{local.name}", dest=tmp_path / "dl")

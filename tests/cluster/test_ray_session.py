@@ -34,3 +34,20 @@ def test_check_pid_max_warns_on_a_low_value(tmp_path, caplog):
         assert check_pid_max(low) == 32768
     assert "kernel.pid_max is 32768" in caplog.text and "sysctl -w kernel.pid_max" in caplog.text
     assert check_pid_max(tmp_path / "missing") is None
+
+
+def test_local_head_listens_on_loopback_only(ray_local):
+    """Every socket a process of the local head listens on is a loopback one (the GCS,
+    raylet, object manager, dashboard and its agents, runtime-env agent and workers)."""
+    import psutil
+
+    ray_pids = {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = [
+        (c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name())
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in ray_pids
+    ]
+    names = {name for _, _, name in listening}
+    assert {"gcs_server", "raylet"} <= names, listening  # the check saw Ray's own servers
+    exposed = [x for x in listening if x[0] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert not exposed, exposed

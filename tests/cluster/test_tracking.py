@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -13,56 +11,9 @@ import pytest
 from flowception.cluster.config import load_config
 from flowception.cluster.mlflow_server import free_port
 from flowception.cluster.tracking import Tracker, create_run, git_commit, safe_params
+from tests.fixtures.switch import Switch
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Switch:
-    """A loopback TCP forwarder to ``target`` that can be turned off (connections refused)."""
-
-    def __init__(self, target: str) -> None:
-        host, port = target.removeprefix("http://").split(":")
-        self.target = (host, int(port))
-        self.port = free_port()
-        self.server: socket.socket | None = None
-        self.open: list[socket.socket] = []
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def on(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
-        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
-
-    def off(self) -> None:
-        if self.server:
-            with contextlib.suppress(OSError):
-                self.server.shutdown(socket.SHUT_RDWR)  # wakes accept(), stops listening
-            self.server.close()
-            self.server = None
-        for conn in self.open:  # cut kept-alive connections too
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-        self.open.clear()
-
-    def _accept(self, server: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = server.accept()
-                upstream = socket.create_connection(self.target)
-                self.open += [client, upstream]
-                for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-        with contextlib.suppress(OSError):
-            b.shutdown(socket.SHUT_WR)
 
 
 def _cfg(name: str):
@@ -126,6 +77,14 @@ def test_no_credentials_in_params():
         "z.TOKEN": "t",
     }
     assert set(safe_params(params)) == {"data.shards"}
+    uris = {
+        "tracking.tracking_uri": "http://u:MARKER@h:5000",
+        "data.s3_endpoint_url": "https://k:MARKER@s3",
+    }
+    assert safe_params(uris) == {
+        "tracking.tracking_uri": "http://u:***@h:5000",
+        "data.s3_endpoint_url": "https://k:***@s3",
+    }
 
 
 def test_git_commit_is_head():
@@ -136,13 +95,13 @@ def test_git_commit_is_head():
 def test_tracker_buffers_through_an_outage(mlflow_server, tmp_path, monkeypatch):
     import mlflow
 
-    monkeypatch.setattr("cluster.tracking.RETRY_S", 0.0)
+    monkeypatch.setattr("flowception.cluster.tracking.RETRY_S", 0.0)
     run_id = create_run(_cfg("outage"), mlflow_server, tags={})
     switch = Switch(mlflow_server)
     switch.on()
-    tracker = Tracker(switch.uri, run_id)
+    tracker = Tracker(switch.uri, run_id, spool=tmp_path / "run" / "tracking")
     tracker.log_metrics({"loss": 1.0}, step=1)
-    assert not tracker.metrics  # sent
+    assert not tracker.spool.pending  # sent
 
     switch.off()  # the server becomes unreachable: training must go on
     t0 = time.monotonic()
@@ -151,11 +110,12 @@ def test_tracker_buffers_through_an_outage(mlflow_server, tmp_path, monkeypatch)
     video.write_bytes(b"GIF89a")
     tracker.log_artifact(video, "samples/step_0000002")
     assert time.monotonic() - t0 < 30
-    assert len(tracker.metrics) == 1 and tracker.artifacts and tracker.failures >= 1
+    assert tracker.spool.counts() == {"metric rows": 1, "artifacts": 1, "end": 0}
+    assert tracker.failures >= 1
 
-    switch.on()  # back: the buffered rows and files arrive
+    switch.on()  # back: the spooled rows and files arrive
     tracker.log_metrics({"loss": 0.25}, step=3)
-    tracker.close()
+    assert tracker.close() == {"metric rows": 0, "artifacts": 0, "end": 0}
     switch.off()
     client = mlflow.MlflowClient(mlflow_server)
     history = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}

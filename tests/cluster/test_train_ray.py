@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowception.cluster import checkpoint
+from flowception.cluster import checkpoint, safe_io
 from flowception.cluster.config import load_config
 from flowception.cluster.launch import launch
 
@@ -135,7 +135,7 @@ def test_export_loads_for_inference(run_a, services, tmp_path):
     net, loaded = checkpoint.load_inference_model(result.export, endpoint_url=services["s3"])
     assert loaded == cfg and not net.training
     local = checkpoint.fetch(result.checkpoint, services["s3"], dest=tmp_path / "ckpt")
-    ema = torch.load(local / "ema.pt", weights_only=False)["shadow"]
+    ema = safe_io.load_tree(local / checkpoint.EMA_FILE)["shadow"]  # safetensors + JSON
     for k, v in net.state_dict().items():
         assert torch.equal(v, ema[k].to(v.dtype)), k
     raw, _ = checkpoint.load_inference_model(

@@ -14,7 +14,6 @@ from flowception.pipelines.shards import (
     Storage,
     list_shards,
     read_bytes,
-    with_retries,
     write_bytes,
 )
 
@@ -80,37 +79,6 @@ def test_missing_things_are_named(tmp_path):
     (tmp_path / "b" / schema.shard_name(1)).unlink()
     with pytest.raises(FileNotFoundError, match="shard-000001.tar"):
         list_shards(str(tmp_path / "b"))
-
-
-def test_retry_helper_retries_transient_errors_only():
-    calls = []
-
-    def flaky():  # a network fault we cannot cause on loopback: fail twice, then answer
-        calls.append(1)
-        if len(calls) < 3:
-            raise ConnectionResetError("reset by peer")
-        return "ok"
-
-    assert with_retries(flaky, what="s3://b/k", attempts=3, delay=0) == "ok"
-    assert len(calls) == 3
-
-    def missing():
-        calls.append(1)
-        raise FileNotFoundError("nope")
-
-    calls.clear()
-    with pytest.raises(FileNotFoundError, match="s3://b/missing"):
-        with_retries(missing, what="s3://b/missing", attempts=5, delay=0)
-    assert len(calls) == 1
-
-    def always_down():
-        calls.append(1)
-        raise TimeoutError("read timed out")
-
-    calls.clear()
-    with pytest.raises(TimeoutError):
-        with_retries(always_down, what="s3://b/k", attempts=2, delay=0)
-    assert len(calls) == 2
 
 
 def test_local_write_is_whole_file_replace(tmp_path):
