@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(step {r['step_flops_per_s'] / 1e9:.1f} / GEMM "
                   f"{r['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s)")  # fmt: skip
         out = Path(args.out).with_name("demo_recipe_probe.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"threads": args.threads, "load_avg": os.getloadavg(),
                                    "arms": probes}, indent=2))  # fmt: skip
         return 0
