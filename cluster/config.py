@@ -225,7 +225,7 @@ class TrainConfig(Config):
     def _check(self) -> TrainConfig:
         _require(self.steps >= 1, self, "steps", "must be >= 1")
         _require(self.seed >= 0, self, "seed", "must be >= 0")
-        if self.data.encoder == "none":
+        if self.data.vae == "none":  # latent shards are checked against index.json at launch
             size = (self.data.size, self.data.size)
             if self.model.frame_size != size:
                 raise ValueError(

@@ -113,6 +113,17 @@ def check_resume(cfg: TrainConfig) -> str | None:
     return ckpt
 
 
+def check_data(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its data checked against the shards' ``index.json``: latent shards need
+    ``data.vae`` / ``data.vae_dir`` of the VAE that made them and a model whose
+    ``in_channels`` / ``frame_size`` are the latents'; ``data.vae_sha256`` is filled in,
+    so the VAE is recorded in the MLflow params and every checkpoint's config."""
+    from flowception.pipelines.latents import check_training_data
+
+    data = check_training_data(cfg.data, cfg.model.in_channels, cfg.model.frame_size)
+    return cfg.replace(data=data)
+
+
 def run_info(cfg: TrainConfig) -> dict[str, Any]:
     """Run directory, MLflow run (created or reused from ``run.json``), written to ``run.json``."""
     endpoint = cfg.cluster.storage_endpoint_url
@@ -159,7 +170,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
     return dataclasses.replace(
         cfg,
-        data=cfg.data.replace(shards=fix(cfg.data.shards)),
+        data=cfg.data.replace(shards=fix(cfg.data.shards), vae_dir=fix(cfg.data.vae_dir)),
         checkpoint=dataclasses.replace(cfg.checkpoint, resume_from=fix(cfg.checkpoint.resume_from)),
         cluster=dataclasses.replace(cfg.cluster, storage_path=fix(cfg.cluster.storage_path)),
     )
@@ -186,6 +197,7 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
         check_value(key, value)
     tracking_uri(cfg.tracking)  # tracking on without a URI: an error now, before Ray starts
     cfg = absolute_paths(cfg)
+    cfg = check_data(cfg)  # latent shards vs model and VAE, before any Ray resource
     endpoint = cfg.cluster.storage_endpoint_url
     resumed = check_resume(cfg)  # fail now, not in the workers (and not max_failures times)
     if resumed:

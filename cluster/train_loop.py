@@ -391,8 +391,27 @@ def _log_samples(
         generator=torch.Generator().manual_seed(cfg.seed + step),
         num_steps=cfg.tracking.sample_steps,
     )
+    videos = out.videos
+    metrics = {"sample_length_mean": float(np.mean([len(v) for v in out.videos]))}
+    if cfg.data.vae != "none":  # latents: decode with the run's VAE (latent frames logged too)
+        codec = _vae(cfg)
+        videos = [codec.decode(v) for v in out.videos]  # list of (T, C, H, W)
+        metrics["sample_video_length_mean"] = float(np.mean([len(v) for v in videos]))
     folder = Path(tempfile.mkdtemp(prefix="flowception-samples-"))
-    for i, video in enumerate(out.videos):
+    for i, video in enumerate(videos):
         path = write_video(video, folder / f"sample_{i}", cfg.tracking.video_format)
         tracker.log_artifact(path, f"samples/{checkpoint.step_dir_name(step)}")
-    tracker.log_metrics({"sample_length_mean": float(np.mean([len(v) for v in out.videos]))}, step)
+    tracker.log_metrics(metrics, step)
+
+
+_VAES: dict[tuple[str, str], Any] = {}
+
+
+def _vae(cfg: TrainConfig) -> Any:
+    """Rank 0's VAE for decoding samples (loaded once, on the CPU like the sampler)."""
+    from flowception.pipelines.latents import VaeCodec
+
+    key = (cfg.data.vae, str(cfg.data.vae_dir))
+    if key not in _VAES:
+        _VAES[key] = VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu")
+    return _VAES[key]

@@ -68,21 +68,24 @@ class VideoBatch:
 
 
 def collate(clips: list[np.ndarray], labels: list[int], keys: list[str], epoch: int) -> VideoBatch:
-    """Pad, stack and normalise decoded clips.
+    """Pad, stack and normalise decoded clips (latent clips are float and already
+    normalised: they are only padded and stacked).
 
     Args:
-        clips: ``uint8 [T_b, H, W, C]`` per video.
+        clips: ``uint8 [T_b, H, W, C]`` per video, or float latents ``[T_b, h, w, c]``.
         labels: class per video (``-1`` = none).
         keys: sample keys.
         epoch: epoch of the samples.
     """
     lengths = [c.shape[0] for c in clips]
     _, h, w, c = clips[0].shape
-    out = np.zeros((len(clips), max(lengths), h, w, c), dtype=np.uint8)  # (B, F, H, W, C)
+    pixels = clips[0].dtype == np.uint8
+    out = np.zeros((len(clips), max(lengths), h, w, c), dtype=clips[0].dtype)  # (B, F, H, W, C)
     for b, clip in enumerate(clips):
         out[b, : clip.shape[0]] = clip
     videos = torch.from_numpy(out).permute(0, 1, 4, 2, 3).float()  # (B, F, C, H, W)
-    videos = videos / 127.5 - 1.0
+    if pixels:
+        videos = videos / 127.5 - 1.0
     mask = torch.arange(videos.shape[1])[None, :] < torch.tensor(lengths)[:, None]  # (B, F)
     videos = videos * mask[:, :, None, None, None]  # padding back to exactly 0
     return VideoBatch(

@@ -15,6 +15,12 @@ Runbook (from the repository root, inside ``.venv``)::
     flowception data make-shards folder --folder ~/videos --out data/videos \\
         --window 16 --stride 8 --step 2 --size 64
 
+    # latent shards for training in a VAE's latent space (docs/latents.md); re-run to resume.
+    # A toy VAE for CPU runs (random weights, nothing downloaded; configs/latent-cpu.yaml):
+    flowception data make-vae image --out data/vae/tiny-image
+    flowception data encode --shards data/moving_mnist/train --out data/mm-latents/train \\
+        --vae data/vae/tiny-image --vae-kind image
+
     # count samples and bad ones by reason (no Ray; decodes every sample)
     flowception data check --shards data/moving_mnist/train --size 64 --channels 1
 
@@ -30,7 +36,7 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    """Add ``data make-shards`` and ``data check`` to the ``flowception`` command."""
+    """Add ``data make-shards``, ``check``, ``encode`` and ``make-vae`` to ``flowception``."""
     data = subparsers.add_parser("data", help="make and check video shards (local or s3://)")
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
 
@@ -64,6 +70,30 @@ def register(subparsers: Any) -> None:
     check.add_argument("--min-frames", type=int, default=2)
     check.add_argument("--s3-endpoint", default=None)
     check.set_defaults(func=check_shards)
+
+    enc = sub.add_parser(
+        "encode", help="pixel shards -> VAE latent shards (Ray actor pool; resumable)"
+    )
+    enc.add_argument(
+        "--shards", required=True, help="pixel shards: directory or s3://bucket/prefix"
+    )
+    enc.add_argument("--out", required=True, help="latent shards: directory or s3://bucket/prefix")
+    enc.add_argument("--vae", required=True, help="local directory of a diffusers VAE")
+    enc.add_argument(
+        "--vae-kind", choices=["image", "video"], default="image",
+        help="image: AutoencoderKL per frame; video: AutoencoderKLLTXVideo (temporal compression)",
+    )  # fmt: skip
+    enc.add_argument("--size", type=int, default=None, help="frame side (default: index.json's)")
+    enc.add_argument("--max-frames", type=int, default=256, help="video frames encoded per sample")
+    enc.add_argument("--actors", type=int, default=None, help="VAE actors (default: GPUs, else 1)")
+    enc.add_argument("--s3-endpoint", default=None, help="S3 endpoint (else AWS_ENDPOINT_URL)")
+    enc.set_defaults(func=encode_shards)
+
+    toy = sub.add_parser("make-vae", help="a tiny random-weight diffusers VAE (tests, CPU recipes)")
+    toy.add_argument("kind", choices=["image", "video"], help="AutoencoderKL or LTX video VAE")
+    toy.add_argument("--out", required=True, help="local directory (save_pretrained layout)")
+    toy.add_argument("--channels", type=int, choices=[1, 3], default=1, help="pixel channels")
+    toy.set_defaults(func=make_vae)
 
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
@@ -152,3 +182,41 @@ def check_shards(args: argparse.Namespace) -> int:
         print(f"{status:>18} {n}")
     print(f"{len(shards)} shard(s), {len(problems)} differ from index.json")
     return 0 if counts.get("ok") and not problems else 1
+
+
+def encode_shards(args: argparse.Namespace) -> int:
+    """``flowception data encode``: see ``pipelines.encode``; prints counts by status."""
+    from tqdm import tqdm
+
+    from flowception.pipelines.encode import EncodeJob, default_size, run_encode
+
+    size = args.size or default_size(args.shards, args.s3_endpoint)
+    if size is None:
+        raise ValueError(f"--size: required ({args.shards}/index.json records no frame size)")
+    job = EncodeJob(
+        src=args.shards, out=args.out, vae_dir=args.vae, vae_kind=args.vae_kind, size=size,
+        max_frames=args.max_frames, s3_endpoint=args.s3_endpoint,
+    )  # fmt: skip
+    with tqdm(unit="shard", desc=f"encode -> {args.out}") as bar:
+        result = run_encode(job, actors=args.actors, progress=lambda _: bar.update(1))
+    index = result["index"]
+    for status, n in sorted(index["meta"]["counts"].items()):
+        print(f"{status:>18} {n}")
+    meta = index["meta"]
+    print(
+        f"{index['num_samples']} latent samples in {len(index['shards'])} shard(s) under "
+        f"{args.out} ({len(result['encoded'])} encoded now, {len(result['skipped'])} already "
+        f"done); latents [T', {meta['latent_channels']}, {meta['latent_size'][0]}, "
+        f"{meta['latent_size'][1]}], temporal compression {meta['temporal_compression']}, "
+        f"VAE sha256 {meta['vae']['sha256'][:12]}"
+    )
+    return 0 if index["num_samples"] else 1
+
+
+def make_vae(args: argparse.Namespace) -> int:
+    """``flowception data make-vae``: ``pipelines.latents.save_random_vae``."""
+    from flowception.pipelines.latents import save_random_vae, vae_sha256
+
+    path = save_random_vae(args.kind, args.out, in_channels=args.channels)
+    print(f"{args.kind} VAE (random weights) in {path}, sha256 {vae_sha256(path)}")
+    return 0

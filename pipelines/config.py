@@ -23,7 +23,7 @@ from pydantic import model_validator
 from flowception.config import Config
 
 ClipStart = Literal["random", "first"]
-Encoder = Literal["none", "identity", "vae"]
+VaeKind = Literal["none", "image", "video"]
 ENDPOINT_ENV = ("FLOWCEPTION_S3_ENDPOINT", "AWS_ENDPOINT_URL")
 
 
@@ -33,7 +33,7 @@ class DataConfig(Config):
     # Throughput and storage knobs: the same data read faster or from elsewhere is the same run.
     infra_fields = frozenset(
         {"decode_workers", "decode_threads", "s3_endpoint_url", "s3_region", "s3_anon",
-         "storage_retries"}
+         "storage_retries", "vae_dir", "vae_sha256"}
     )  # fmt: skip
 
     shards: str = "data/moving_mnist/train"
@@ -74,10 +74,12 @@ class DataConfig(Config):
     """Anonymous S3 access (public buckets); credentials otherwise come from the environment."""
     storage_retries: int = 3
     """Tries per S3 request on connection errors, timeouts, throttling, 5xx (``shards.retry_policy``)."""
-    encoder: Encoder = "none"
-    """Optional latent stage: ``none``; ``identity`` (CPU, for tests); ``vae`` (GPU, ``[vae]`` extra)."""
-    encoder_path: str | None = None
-    """Path or hub-free local directory of the VAE weights when ``encoder == "vae"``."""
+    vae: VaeKind = "none"
+    """``none``: pixel shards; ``image`` / ``video``: the shards hold latents of that VAE kind (``flowception data encode``; docs/latents.md)."""
+    vae_dir: str | None = None
+    """Local directory of the VAE that made the latent shards (diffusers ``save_pretrained``); decodes samples, never downloaded."""
+    vae_sha256: str | None = None
+    """sha256 of ``vae_dir``'s files; ``None``: taken from the shards' ``index.json`` at launch (set it to pin one VAE)."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -117,8 +119,18 @@ class DataConfig(Config):
             raise ValueError(
                 f"DataConfig.min_usable_fraction={self.min_usable_fraction!r}: expected 0 <= x <= 1"
             )
-        if self.encoder == "vae" and not self.encoder_path:
-            raise ValueError("DataConfig.encoder_path=None: required when encoder='vae'")
+        if self.vae != "none" and not self.vae_dir:
+            raise ValueError(
+                f"DataConfig.vae_dir=None: required when vae={self.vae!r} (the VAE's local directory)"
+            )
+        if self.vae == "none" and (self.vae_dir or self.vae_sha256):
+            raise ValueError(
+                f"DataConfig.vae_dir={self.vae_dir!r}: set data.vae=image or video for latent shards"
+            )
+        if self.vae_sha256 is not None and (
+            len(self.vae_sha256) != 64 or set(self.vae_sha256) - set("0123456789abcdef")
+        ):
+            raise ValueError(f"DataConfig.vae_sha256={self.vae_sha256!r}: expected 64 hex digits")
         return self
 
     # ------------------------------------------------------------------ #

@@ -8,6 +8,12 @@ decodes the planned frames (PyAV, centre crop + resize) -> video uint8 [T, H, W,
 Read and decode are one task, so a shard's MP4 bytes never enter the object store
 and Ray Data runs one operator (two operators on a 2-CPU node share its CPUs).
 
+Latent shards (``index.json`` meta ``kind: latents``, ``flowception data encode``) are
+read the same way, with ``decode_latent_rows`` in place of the MP4 decode: the ``video``
+column then holds the planned clip of normalised latents, ``float16 [T', h, w, c]``
+(channels last like pixels; ``batching.collate`` leaves float rows unscaled), and clip
+lengths, strides and the frame budget count latent frames.
+
 Every sample position becomes one row, bad ones too: ``status`` is ``"ok"`` or a skip
 reason (``pipelines.samples.SKIP_REASONS``), logged with the shard URL and the key,
 so the consumer counts them and the cursor stays exact. Samples that ``index.json``
@@ -28,6 +34,7 @@ Driver or worker::
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from functools import partial
 from typing import Any
@@ -39,7 +46,15 @@ from flowception.pipelines.config import DataConfig
 from flowception.pipelines.decode import DecodeError, centre_crop_resize, decode_mp4
 from flowception.pipelines.ingest import DataCursor, SplitSpec, add_range, rank_units
 from flowception.pipelines.samples import plan_clip, read_samples, sample_rng, shard_order
-from flowception.pipelines.shards import ShardInfo, Storage, list_shards, read_bytes
+from flowception.pipelines.shards import (
+    ShardInfo,
+    Storage,
+    exists,
+    join,
+    list_shards,
+    parse_index,
+    read_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +92,7 @@ def read_shard_rows(
     *,
     info: ShardInfo | None = None,
     unit: int = 0,
+    media: str = schema.VIDEO_EXT,
 ) -> dict[str, np.ndarray]:
     """The rows of one shard for one epoch, before decoding (column batch).
 
@@ -89,13 +105,14 @@ def read_shard_rows(
         info: the shard's ``index.json`` entry, to check size, sha256 and sample count
             and to count the samples a damaged shard lost.
         unit: index of this read in the rank's plan for ``epoch`` (for the cursor).
+        media: the payload member's extension (``npy`` in latent shards).
 
     Returns:
-        Columns ``COLUMNS`` minus ``video``, plus ``start, length, mp4``; one row per
-        sample position not in ``skip``.
+        Columns ``COLUMNS`` minus ``video``, plus ``start, length, mp4`` (the payload
+        bytes, MP4 or ``.npy``); one row per sample position not in ``skip``.
     """
     data = read_bytes(url, Storage.from_config(cfg))
-    samples = read_samples(data)
+    samples = read_samples(data, media)
     issues = shard_issues(data, info, len(samples))
     if issues and not any(a == 0 for a, _ in skip):
         log.warning(
@@ -120,7 +137,7 @@ def read_shard_rows(
         else:
             s = samples[i]
             key, status, detail, meta = s.key, s.skip or "ok", s.detail, s.meta
-            mp4 = s.parts.get(schema.VIDEO_EXT, b"")
+            mp4 = s.parts.get(media, b"")
         start, length = 0, 0
         if meta is not None:
             plan = plan_clip(
@@ -213,6 +230,65 @@ def decode_rows(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.n
     return out
 
 
+def decode_latent_rows(
+    batch: dict[str, np.ndarray], cfg: DataConfig, latent: schema.LatentSet
+) -> dict[str, np.ndarray]:
+    """``decode_rows`` for latent shards: load each ``ok`` row's ``.npy`` (no pickle), check
+    its shape against the index, cut the planned clip (in latent frames).
+
+    Returns:
+        Columns ``COLUMNS``; ``video`` is ``float16 [T', h, w, c]`` (``T' = 0`` when skipped).
+    """
+    n = len(batch["key"])
+    status = [str(s) for s in batch["status"]]
+    detail = [str(d) for d in batch["detail"]]
+    (h, w), c = latent.latent_size, latent.latent_channels
+    empty = np.zeros((0, h, w, c), dtype=np.float16)
+    clips: list[np.ndarray] = []
+    for i in range(n):
+        clip = empty
+        if status[i] == "ok":
+            try:
+                z = np.load(io.BytesIO(batch["mp4"][i]), allow_pickle=False)  # (T', c, h, w)
+            except (ValueError, OSError, EOFError) as exc:
+                status[i], detail[i] = "bad_video", f"latent .npy unreadable ({exc})"
+            else:
+                if z.ndim != 4 or tuple(z.shape[1:]) != (c, h, w) or not np.isfinite(z).all():
+                    status[i] = "bad_video"
+                    detail[i] = f"latent {z.dtype} {z.shape}: index.json says [T', {c}, {h}, {w}]"
+                else:
+                    start, length = int(batch["start"][i]), int(batch["length"][i])
+                    stop = start + (length - 1) * cfg.frame_stride + 1
+                    z = z[start : stop : cfg.frame_stride]  # (T', c, h, w)
+                    if z.shape[0] < cfg.min_frames:
+                        status[i] = "too_short"
+                        detail[i] = f"{z.shape[0]} latent frames from start {start}"
+                    else:
+                        clip = np.ascontiguousarray(
+                            z.transpose(0, 2, 3, 1).astype(np.float16)
+                        )  # (T', h, w, c)
+            if status[i] != "ok":
+                log.warning(
+                    "skip %s %s key=%s: %s", status[i], batch["url"][i], batch["key"][i], detail[i]
+                )
+        clips.append(clip)
+    out = {col: batch[col] for col in COLUMNS[:-1]}
+    out["status"], out["detail"] = np.asarray(status), np.asarray(detail)
+    out["video"] = _column(clips)
+    return out
+
+
+def latent_set(cfg: DataConfig) -> schema.LatentSet | None:
+    """What ``cfg.shards``'s ``index.json`` says about latents (``None``: pixel shards or
+    no index)."""
+    storage = Storage.from_config(cfg)
+    url = join(cfg.shards, schema.INDEX_NAME)
+    if not exists(url, storage):
+        return None
+    index = parse_index(read_bytes(url, storage), url)
+    return schema.LatentSet.from_meta(index.get("meta"), url)
+
+
 # --------------------------------------------------------------------------- #
 #                                Datasource                                   #
 # --------------------------------------------------------------------------- #
@@ -237,21 +313,34 @@ def plan_reads(spec: SplitSpec, cursor: DataCursor, rank: int = 0, world: int = 
     return reads
 
 
-def read_task(cfg: DataConfig, shards: list[ShardInfo], read: Read) -> dict[str, np.ndarray]:
-    """One unit, read and decoded (columns ``COLUMNS``)."""
+def read_task(
+    cfg: DataConfig,
+    shards: list[ShardInfo],
+    read: Read,
+    latent: schema.LatentSet | None = None,
+) -> dict[str, np.ndarray]:
+    """One unit, read and decoded (columns ``COLUMNS``); ``latent``: the shards hold latents."""
     epoch, unit, shard, skip = read
     info = shards[shard]
-    rows = read_shard_rows(cfg, info.url, epoch, shard, skip, info=info, unit=unit)
-    return decode_rows(rows, cfg)
+    media = schema.LATENT_EXT if latent is not None else schema.VIDEO_EXT
+    rows = read_shard_rows(cfg, info.url, epoch, shard, skip, info=info, unit=unit, media=media)
+    return decode_latent_rows(rows, cfg, latent) if latent is not None else decode_rows(rows, cfg)
 
 
-def _read_block(cfg: DataConfig, shards: list[ShardInfo], read: Read):
+def _read_block(
+    cfg: DataConfig, shards: list[ShardInfo], read: Read, latent: schema.LatentSet | None
+):
     from ray.data.block import BlockAccessor
 
-    yield BlockAccessor.batch_to_block(read_task(cfg, shards, read))
+    yield BlockAccessor.batch_to_block(read_task(cfg, shards, read, latent))
 
 
-def _datasource(cfg: DataConfig, shards: list[ShardInfo], reads: list[Read]):
+def _datasource(
+    cfg: DataConfig,
+    shards: list[ShardInfo],
+    reads: list[Read],
+    latent: schema.LatentSet | None = None,
+):
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
@@ -265,7 +354,7 @@ def _datasource(cfg: DataConfig, shards: list[ShardInfo], reads: list[Read]):
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
             return [
                 ReadTask(
-                    partial(_read_block, cfg, shards, read),
+                    partial(_read_block, cfg, shards, read, latent),
                     BlockMetadata(
                         num_rows=None,
                         size_bytes=shards[read[2]].bytes,
@@ -299,6 +388,7 @@ def build_dataset(
     rank: int = 0,
     world: int = 1,
     shards: list[ShardInfo] | None = None,
+    latent: schema.LatentSet | None | bool = True,
 ):
     """Rank ``rank`` of ``world``'s decoded rows over ``cfg.shards``, from its position in
     ``cursor`` to the last epoch (``cfg.epochs``), in a deterministic order.
@@ -309,6 +399,8 @@ def build_dataset(
         rank: this worker's rank.
         world: number of workers sharing the data.
         shards: the shard list, if already listed (``shard_list``).
+        latent: the shards' ``LatentSet`` if already read, ``None`` for pixel shards;
+            ``True`` (default): read it from ``index.json`` (``latent_set``).
 
     Returns:
         ``ray.data.Dataset`` with columns ``COLUMNS`` (``None`` columns when this rank has
@@ -322,12 +414,14 @@ def build_dataset(
     # Resolve the endpoint here so that read tasks use the caller's, whatever their env.
     cfg = cfg.replace(s3_endpoint_url=cfg.endpoint_url())
     shards = shards or shard_list(cfg)
+    if latent is True:
+        latent = latent_set(cfg)
     spec = SplitSpec.from_config(cfg, len(shards))
     reads = plan_reads(spec, cursor or DataCursor(), rank, world)
     if not reads:
         return ray.data.from_items([])
     ds = ray.data.read_datasource(
-        _datasource(cfg, shards, reads),
+        _datasource(cfg, shards, reads, latent),
         override_num_blocks=len(reads),
         concurrency=cfg.decode_workers,
     )

@@ -1,131 +1,352 @@
-"""Optional latent-encoding stage: decoded rows -> latents, on a Ray actor pool, and
-latent shards written back out for reuse.
+"""``flowception data encode``: pixel shards -> latent shards, on a Ray actor pool of VAE
+encoders (one GPU per actor on GPU clusters, CPU actors otherwise).
 
-    ds = build_dataset(cfg)                                  # decoded rows
-    ds = encode_dataset(ds, cfg, actors=2)                   # + latent column
-    write_latent_shards(ds, "s3://bucket/latents/train", storage)
+    flowception data encode --shards data/moving_mnist/train --out data/mm-latents/train \\
+        --vae /models/sd-vae-ft-ema                     # per-frame image VAE (default)
+    flowception data encode --shards s3://b/k600/train --out s3://b/k600-ltx/train \\
+        --vae /models/ltx-video-vae --vae-kind video --actors 16
 
-Encoders (``DataConfig.encoder``):
+Each input shard is one unit of work: an actor reads it (one GET), decodes each sample's
+whole video (PyAV; ``--max-frames`` at most, resized to ``--size``), encodes it
+(``pipelines.latents.VaeCodec``) and writes the output shard of the *same name* whole
+(a local temp file renamed, or one S3 PUT), then ``{name}.done.json`` (sample count,
+skips by reason, size, sha256, VAE sha256). Bad samples are skipped and counted with
+the reasons of ``flowception data check``. ``index.json`` is written last, from the
+done records, and marks the set as latents (``schema.LatentSet``).
 
-- ``identity``: pixels as latents, ``float16 [T, C, H, W]`` in ``[-1, 1]``; CPU, used
-  by tests and to exercise the stage end to end.
-- ``vae``: a video VAE loaded from a local directory (``DataConfig.encoder_path``),
-  by default diffusers' ``AutoencoderKLLTXVideo``, on one GPU per actor. Needs the
-  ``vae`` extra (``pip install -e '.[vae]'``); nothing is downloaded at run time.
-  Latents are the posterior mean, ``[T', c, H', W']``.
+Resumable: a restarted job skips every shard whose done record names the same VAE and
+whose output shard has the recorded size and sha256; a shard killed half way has no
+done record and is encoded again. An ``--out`` holding another VAE's latents is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from flowception.pipelines import schema
 from flowception.pipelines.config import DataConfig
-from flowception.pipelines.shards import ShardWriter, Storage
+from flowception.pipelines.dataset import shard_issues, shard_list
+from flowception.pipelines.decode import DecodeError, centre_crop_resize, decode_mp4
+from flowception.pipelines.latents import VaeCodec, vae_geometry, vae_sha256
+from flowception.pipelines.samples import read_samples
+from flowception.pipelines.shards import (
+    ShardInfo,
+    Storage,
+    exists,
+    join,
+    parse_index,
+    read_bytes,
+    write_bytes,
+)
+
+log = logging.getLogger(__name__)
+DONE_SUFFIX = ".done.json"
 
 
-class LatentEncoder:
-    """``map_batches`` callable class: adds ``latent`` to every ``ok`` row.
+@dataclass(frozen=True)
+class EncodeJob:
+    """One ``data encode`` run (everything an actor needs, picklable).
 
-    Args:
-        kind: ``"identity"`` or ``"vae"``.
-        path: VAE directory (``vae`` only).
-        vae_class: diffusers class name of the VAE.
+    Attributes:
+        src: pixel shards (directory or ``s3://``).
+        out: where the latent shards go.
+        vae_dir: local VAE directory (on every node).
+        vae_kind: ``image`` or ``video``.
+        size: frame side the videos are resized to before encoding.
+        max_frames: video frames encoded per sample at most (the rest is cut).
+        s3_endpoint: S3 endpoint (``None``: the environment's).
     """
 
-    def __init__(
-        self, kind: str, path: str | None = None, vae_class: str = "AutoencoderKLLTXVideo"
-    ):
-        self.kind = kind
-        self.vae = None
-        if kind == "vae":
-            import torch
+    src: str
+    out: str
+    vae_dir: str
+    vae_kind: str = "image"
+    size: int = 64
+    max_frames: int = 256
+    s3_endpoint: str | None = None
 
-            try:
-                import diffusers
-            except ImportError as exc:
-                raise ImportError(
-                    "encoder='vae' needs the vae extra: pip install -e '.[vae]'"
-                ) from exc
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-            cls = getattr(diffusers, vae_class)
-            self.vae = cls.from_pretrained(path, local_files_only=True).to(self.device).eval()
-        elif kind != "identity":
-            raise ValueError(f"LatentEncoder: kind={kind!r}: expected 'identity' or 'vae'")
+    def data_config(self, channels: int) -> DataConfig:
+        """How the pixel shards are read: whole videos from frame 0, in tar order."""
+        return DataConfig(
+            shards=self.src, size=self.size, channels=1 if channels == 1 else 3,
+            num_frames=self.max_frames, min_frames=1, frame_budget=self.max_frames,
+            clip_start="first", shuffle=False, s3_endpoint_url=self.s3_endpoint,
+        )  # fmt: skip
 
-    def encode(self, video: np.ndarray) -> np.ndarray:
-        """``uint8 [T, H, W, C]`` -> ``float16 [T', c, H', W']``."""
-        x = video.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0  # (T, C, H, W)
-        if self.vae is None:
-            return x.astype(np.float16)
-        import torch
+    def absolute(self) -> EncodeJob:
+        """Local paths made absolute (actors run in other directories)."""
 
-        with torch.no_grad():
-            t = torch.from_numpy(x).to(self.device)
-            t = t.permute(1, 0, 2, 3)[None]  # (1, C, T, H, W)
-            if t.shape[1] == 1:
-                t = t.expand(-1, 3, -1, -1, -1)  # the VAE expects RGB
-            z = self.vae.encode(t).latent_dist.mean[0]  # (c, T', H', W')
-            return z.permute(1, 0, 2, 3).float().cpu().numpy().astype(np.float16)
+        def fix(path: str) -> str:
+            return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        latents = np.empty(len(batch["key"]), dtype=object)
-        for i, (status, video) in enumerate(zip(batch["status"], batch["video"])):
-            ok = status == "ok"
-            latents[i] = self.encode(video) if ok else np.zeros((0,), dtype=np.float16)
-        return {**batch, "latent": latents}
+        return replace(self, src=fix(self.src), out=fix(self.out), vae_dir=fix(self.vae_dir))
+
+    def storage(self) -> Storage:
+        return Storage.from_config(DataConfig(shards=self.out, s3_endpoint_url=self.s3_endpoint))
 
 
-def encode_dataset(ds: Any, cfg: DataConfig, *, actors: int = 1, batch_size: int = 8) -> Any:
-    """``ds`` with a ``latent`` column computed by an actor pool of ``actors`` encoders."""
-    import ray
-
-    if cfg.encoder == "none":
-        raise ValueError("DataConfig.encoder='none': choose 'identity' or 'vae' to encode")
-    return ds.map_batches(
-        LatentEncoder,
-        fn_constructor_kwargs={"kind": cfg.encoder, "path": cfg.encoder_path},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if cfg.encoder == "vae" else 0,
-    )
+# --------------------------------------------------------------------------- #
+#                                One shard                                    #
+# --------------------------------------------------------------------------- #
 
 
-def write_latent_shards(
-    ds: Any, out: str, storage: Storage | None = None, *, max_samples: int = 1000
-) -> dict[str, Any]:
-    """Write the ``ok`` rows of an encoded dataset as shards of ``{key}.npy`` + ``{key}.json``.
+def encode_shard(job: EncodeJob, codec: VaeCodec, shard: ShardInfo) -> dict[str, Any]:
+    """Encode one pixel shard into the latent shard of the same name, then its done record.
 
     Returns:
-        The index written to ``out/index.json``.
+        The done record: ``name, num_samples, bytes, sha256, counts, vae_sha256, vae``.
     """
-    with ShardWriter(out, max_samples=max_samples, storage=storage or Storage()) as w:
-        w.meta = {"kind": "latents"}
-        for batch in ds.iter_batches(batch_size=16, batch_format="numpy"):
-            for i, key in enumerate(batch["key"]):
-                if batch["status"][i] != "ok":
-                    continue
-                z = batch["latent"][i]  # (T', c, H', W')
-                buf = io.BytesIO()
-                np.save(buf, z)
-                meta = json.dumps(
-                    {
-                        "num_frames": int(z.shape[0]),
-                        "shape": list(z.shape),
-                        "label": int(batch["label"][i]),
-                        "source": str(batch["url"][i]),
-                    }
-                ).encode()
-                w.add_members(
-                    str(key),
-                    [
-                        (schema.member_name(str(key), schema.META_EXT), meta),
-                        (schema.member_name(str(key), schema.LATENT_EXT), buf.getvalue()),
-                    ],
-                )
-    return w.index
+    import tarfile
+
+    channels = 1 if codec.info.in_channels == 1 else 3
+    raw = read_bytes(shard.url, Storage.from_config(job.data_config(channels)))
+    samples = read_samples(raw)
+    counts: Counter = Counter(shard_issues(raw, shard, len(samples)))
+    lost = (shard.num_samples or 0) - len(samples)
+    if lost > 0:  # the reader's rows for samples index.json lists but the shard lacks
+        counts["empty_shard" if not samples else "missing_from_shard"] += lost
+    vae = codec.info.to_dict()
+    buf = io.BytesIO()
+    tar = tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT)
+    good = 0
+    for s in samples:
+        status, detail = s.skip or "ok", s.detail
+        if status == "ok":
+            try:
+                clip = decode_mp4(
+                    s.parts[schema.VIDEO_EXT], channels=channels, max_frames=job.max_frames
+                )  # (T, H0, W0, C)
+                if clip.shape[0] == 0:
+                    status, detail = "too_short", "no frame decoded"
+                else:
+                    video = centre_crop_resize(clip, job.size)  # (T, size, size, C)
+                    z = codec.encode(video)  # (T', c, h, w)
+            except (DecodeError, ValueError) as exc:
+                status, detail = "bad_video", str(exc)
+        counts[status] += 1
+        if status != "ok":
+            log.warning("skip %s %s key=%s: %s", status, shard.url, s.key, detail)
+            continue
+        npy = io.BytesIO()
+        np.save(npy, z.astype(np.float16), allow_pickle=False)
+        meta = schema.latent_meta_json(s.meta, z.shape, codec.info.video_frames(z.shape[0]), vae)
+        for name, data in (
+            (schema.member_name(s.key, schema.META_EXT), meta),
+            (schema.member_name(s.key, schema.LATENT_EXT), npy.getvalue()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+        good += 1
+    tar.close()
+    data = buf.getvalue()
+    name = shard.url.rstrip("/").rsplit("/", 1)[-1]
+    storage = job.storage()
+    write_bytes(join(job.out, name), data, storage)  # whole, atomic
+    record = {
+        "name": name,
+        "num_samples": good,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "counts": dict(counts),
+        "vae_sha256": vae["sha256"],
+        "vae": vae,
+        "source": shard.url,
+    }
+    write_bytes(join(job.out, name + DONE_SUFFIX), json.dumps(record).encode(), storage)
+    return record
+
+
+class ShardEncoder:
+    """``map_batches`` class: one ``VaeCodec`` per actor; rows ``{"shard": i}`` in, done
+    records (as JSON strings) out."""
+
+    def __init__(self, job: EncodeJob, shards: list[ShardInfo]) -> None:
+        if job.s3_endpoint:
+            os.environ.setdefault("AWS_ENDPOINT_URL", job.s3_endpoint)
+        self.job, self.shards = job, shards
+        self.codec = VaeCodec(job.vae_kind, job.vae_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        records = [
+            json.dumps(encode_shard(self.job, self.codec, self.shards[int(i)]))
+            for i in batch["shard"]
+        ]
+        return {"record": np.asarray(records, dtype=object)}
+
+
+# --------------------------------------------------------------------------- #
+#                                  The job                                    #
+# --------------------------------------------------------------------------- #
+
+
+def done_record(job: EncodeJob, name: str, sha: str, storage: Storage) -> dict[str, Any] | None:
+    """The done record of output shard ``name`` if it is complete and verified (same VAE,
+    the output shard's size and sha256 as recorded), else ``None``.
+
+    Raises:
+        ValueError: the record was written with another VAE (``--out`` holds its latents).
+    """
+    url = join(job.out, name + DONE_SUFFIX)
+    if not exists(url, storage):
+        return None
+    try:
+        record = json.loads(read_bytes(url, storage))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if record.get("vae_sha256") != sha:
+        raise ValueError(
+            f"{url}: written with VAE sha256 {record.get('vae_sha256')}, this job's VAE is "
+            f"{sha}; encode into a new --out (or delete {job.out})"
+        )
+    try:
+        data = read_bytes(join(job.out, name), storage)
+    except FileNotFoundError:
+        return None
+    if len(data) != record.get("bytes") or hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        return None
+    return record
+
+
+def plan(job: EncodeJob) -> tuple[list[ShardInfo], dict[str, dict[str, Any]], str]:
+    """Check everything before any work: the VAE directory and kind, the frame size, the
+    source shards; returns ``(shards, verified done records by name, vae sha256)``.
+
+    Raises:
+        FileNotFoundError: no VAE directory / no source shards (one line naming it).
+        ValueError: the wrong VAE kind, a size the VAE cannot encode, another VAE's ``--out``.
+    """
+    _, _, spatial, _ = vae_geometry(job.vae_kind, job.vae_dir)
+    if job.size % spatial:
+        raise ValueError(
+            f"--size {job.size}: not divisible by the VAE's spatial compression {spatial} "
+            f"({job.vae_dir})"
+        )
+    if job.out.rstrip("/") == job.src.rstrip("/"):
+        raise ValueError(f"--out {job.out}: the same as --shards; write latents elsewhere")
+    sha = vae_sha256(job.vae_dir)
+    shards = shard_list(DataConfig(shards=job.src, s3_endpoint_url=job.s3_endpoint))
+    storage = job.storage()
+    done = {}
+    for s in shards:
+        name = s.url.rstrip("/").rsplit("/", 1)[-1]
+        record = done_record(job, name, sha, storage)
+        if record is not None:
+            done[name] = record
+    return shards, done, sha
+
+
+def write_index(job: EncodeJob, shards: list[ShardInfo], records: dict[str, dict]) -> dict:
+    """``index.json`` of the latent set from the done records (in source order); shards
+    without a good sample are left out (the reader would count them as empty)."""
+    first = next(iter(records.values()))
+    vae = first["vae"]
+    entries, counts = [], Counter()
+    for s in shards:
+        r = records[s.url.rstrip("/").rsplit("/", 1)[-1]]
+        counts.update(r["counts"])
+        if r["num_samples"]:
+            entries.append({k: r[k] for k in ("name", "num_samples", "bytes", "sha256")})
+    size = job.size // int(vae["spatial_compression"])
+    latent = schema.LatentSet(
+        latent_channels=int(vae["latent_channels"]),
+        latent_size=(size, size),
+        temporal_compression=int(vae["temporal_compression"]),
+        vae={**vae, "dir": os.path.abspath(job.vae_dir)},
+    )
+    index = {
+        "format": schema.FORMAT,
+        "shards": entries,
+        "num_samples": sum(e["num_samples"] for e in entries),
+        "meta": {**latent.to_meta(), "source": job.src, "size": job.size,
+                 "max_frames": job.max_frames, "counts": dict(sorted(counts.items()))},
+    }  # fmt: skip
+    write_bytes(
+        join(job.out, schema.INDEX_NAME),
+        json.dumps(index, indent=1, sort_keys=True).encode(),
+        job.storage(),
+    )
+    return index
+
+
+def default_size(src: str, s3_endpoint: str | None) -> int | None:
+    """The frame size ``make-shards`` recorded in the source ``index.json`` (or ``None``)."""
+    storage = Storage.from_config(DataConfig(shards=src, s3_endpoint_url=s3_endpoint))
+    url = join(src, schema.INDEX_NAME)
+    if not exists(url, storage):
+        return None
+    size = parse_index(read_bytes(url, storage), url).get("meta", {}).get("size")
+    return int(size) if isinstance(size, int) else None
+
+
+def run_encode(
+    job: EncodeJob,
+    *,
+    actors: int | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Encode every pending shard of ``job`` on an actor pool; write ``index.json``.
+
+    Args:
+        job: what to encode.
+        actors: VAE actors (default: one per GPU of the cluster, else 1).
+        progress: called with each finished shard's done record.
+
+    Returns:
+        ``{"index": ..., "encoded": [names], "skipped": [names already done]}``.
+    """
+    import ray
+
+    from flowception.cluster.ray_session import connect
+
+    job = job.absolute()
+    shards, done, _ = plan(job)  # fails before Ray is touched
+    pending = [i for i, s in enumerate(shards) if s.url.rsplit("/", 1)[-1] not in done]
+    encoded = []
+    if pending:
+        connect()
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        size = max(1, min(actors or gpus or 1, len(pending)))
+        ds = ray.data.from_items([{"shard": i} for i in pending], override_num_blocks=len(pending))
+        out = ds.map_batches(
+            ShardEncoder,
+            fn_constructor_kwargs={"job": job, "shards": shards},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=size),
+            num_gpus=1 if gpus else 0,
+            num_cpus=1,
+        )
+        for row in out.iter_rows():
+            record = json.loads(row["record"])
+            done[record["name"]] = record
+            encoded.append(record["name"])
+            if progress:
+                progress(record)
+    index = write_index(job, shards, done)
+    return {"index": index, "encoded": encoded, "skipped": sorted(set(done) - set(encoded))}
+
+
+def encode_in_process(job: EncodeJob, device: str | None = None) -> dict[str, Any]:
+    """The same encode as ``run_encode`` as a plain single-process loop (one VAE, no Ray):
+    the baseline of ``benchmarks/bench_latents.py``."""
+    job = job.absolute()
+    shards, done, _ = plan(job)
+    codec = VaeCodec(job.vae_kind, job.vae_dir, device)
+    encoded = []
+    for s in shards:
+        name = s.url.rstrip("/").rsplit("/", 1)[-1]
+        if name not in done:
+            done[name] = encode_shard(job, codec, s)
+            encoded.append(name)
+    return {"index": write_index(job, shards, done), "encoded": encoded}

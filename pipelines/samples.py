@@ -132,11 +132,13 @@ def scan_tar(data: bytes) -> Iterator[tuple[str, bytes | None, str]]:
         yield f"?@{pos}", None, "corrupt_tar"
 
 
-def read_samples(data: bytes) -> list[Sample]:
+def read_samples(data: bytes, media: str = schema.VIDEO_EXT) -> list[Sample]:
     """Group a shard's members into samples by key and check each one's metadata.
 
     Args:
         data: the whole tar file.
+        media: extension of the payload member (``mp4``; ``npy`` in latent shards, whose
+            missing payload is still counted as ``missing_video``).
 
     Returns:
         Samples in tar order; those with ``skip`` set are bad (reason + detail).
@@ -162,16 +164,18 @@ def read_samples(data: bytes) -> list[Sample]:
             groups[-1] = (key, parts, "truncated", f"member {name!r} ends before its size")
         elif not skip:
             parts[ext] = payload
-    return [_check(key, parts, skip, detail) for key, parts, skip, detail in groups]
+    return [_check(key, parts, skip, detail, media) for key, parts, skip, detail in groups]
 
 
-def _check(key: str, parts: dict[str, bytes], skip: str, detail: str) -> Sample:
+def _check(
+    key: str, parts: dict[str, bytes], skip: str, detail: str, media: str = schema.VIDEO_EXT
+) -> Sample:
     if skip:
         return Sample(key, parts, skip, detail)
     if schema.META_EXT not in parts:
         return Sample(key, parts, "missing_json", f"no {key}.{schema.META_EXT}")
-    if schema.VIDEO_EXT not in parts:
-        return Sample(key, parts, "missing_video", f"no {key}.{schema.VIDEO_EXT}")
+    if media not in parts:
+        return Sample(key, parts, "missing_video", f"no {key}.{media}")
     try:
         meta = schema.parse_meta(parts[schema.META_EXT])
     except ValueError as exc:

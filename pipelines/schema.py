@@ -11,12 +11,19 @@ A shard directory (or ``s3://`` prefix) also holds ``index.json``:
 ``{"format": FORMAT, "shards": [{"name", "num_samples", "bytes", "sha256"}, ...],
 "num_samples": int, "meta": {...}}``. Directories without an index (e.g. tars made
 with GNU ``tar``) are read by listing ``*.tar``.
+
+*Latent shards* (``flowception data encode``) hold ``{key}.npy`` (``float16 [T', c, h,
+w]``, normalised VAE latents, saved without pickle) instead of the MP4; their json is
+the same object with ``num_frames, height, width`` counted in latent frames / latent
+pixels, plus ``video_frames``, ``latent_shape``, ``scaling_factor``, ``vae_kind`` and
+``vae_sha256``. Their ``index.json`` meta says so (``LatentSet``): ``{"kind": "latents",
+"latent_channels", "latent_size": [h, w], "temporal_compression", "vae": {...}}``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT = "flowception-shards/1"
@@ -124,3 +131,85 @@ def split_member(name: str) -> tuple[str, str] | None:
 def shard_name(index: int) -> str:
     """File name of the ``index``-th shard written by the project."""
     return f"shard-{index:06d}{SHARD_SUFFIX}"
+
+
+# --------------------------------------------------------------------------- #
+#                                Latent shards                                #
+# --------------------------------------------------------------------------- #
+
+LATENT_KIND = "latents"
+LATENT_FIELDS = ("video_frames", "latent_shape", "scaling_factor", "vae_kind", "vae_sha256")
+
+
+@dataclass(frozen=True)
+class LatentSet:
+    """What ``index.json`` says about a latent shard set (its ``meta``).
+
+    Attributes:
+        latent_channels: ``c`` of one latent frame (the model's ``in_channels``).
+        latent_size: ``(h, w)`` of one latent frame (the model's ``frame_size``).
+        temporal_compression: video frames per latent frame (1: per-frame image VAE).
+        vae: the VAE's description (``pipelines.latents.VaeInfo.to_dict()``), with
+            ``kind`` and ``sha256``.
+    """
+
+    latent_channels: int
+    latent_size: tuple[int, int]
+    temporal_compression: int
+    vae: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vae_sha256(self) -> str:
+        return str(self.vae.get("sha256", ""))
+
+    @property
+    def vae_kind(self) -> str:
+        return str(self.vae.get("kind", ""))
+
+    def to_meta(self) -> dict[str, Any]:
+        """The ``index.json`` ``meta`` entries."""
+        return {
+            "kind": LATENT_KIND,
+            "latent_channels": self.latent_channels,
+            "latent_size": list(self.latent_size),
+            "temporal_compression": self.temporal_compression,
+            "vae": dict(self.vae),
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Any, where: str) -> LatentSet | None:
+        """The latent description of an index's ``meta``; ``None`` for pixel shards.
+
+        Raises:
+            ValueError: ``kind`` is ``latents`` but a field is missing or malformed.
+        """
+        if not isinstance(meta, dict) or meta.get("kind") != LATENT_KIND:
+            return None
+        try:
+            h, w = (int(x) for x in meta["latent_size"])
+            vae = dict(meta["vae"])
+            out = cls(int(meta["latent_channels"]), (h, w), int(meta["temporal_compression"]), vae)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{where}: latent index meta is malformed ({type(exc).__name__}: {exc}); "
+                "encode the shards again with `flowception data encode`"
+            ) from None
+        if not out.vae_sha256 or out.vae_kind not in ("image", "video"):
+            raise ValueError(f"{where}: latent index meta lacks vae.kind / vae.sha256")
+        return out
+
+
+def latent_meta_json(
+    meta: SampleMeta, latent_shape: tuple[int, ...], video_frames: int, vae: dict[str, Any]
+) -> bytes:
+    """``{key}.json`` of a latent sample: ``meta`` in latent units plus ``LATENT_FIELDS``."""
+    t, _, h, w = (int(x) for x in latent_shape)
+    out = json.loads(SampleMeta(meta.fps, t, h, w, meta.source, meta.caption, meta.label).to_json())
+    out.update(
+        video_frames=int(video_frames),
+        latent_shape=[int(x) for x in latent_shape],
+        scaling_factor=float(vae["scaling_factor"]),
+        vae_kind=str(vae["kind"]),
+        vae_sha256=str(vae["sha256"]),
+    )
+    return json.dumps(out, sort_keys=True).encode("utf-8")

@@ -40,9 +40,14 @@ def test_invalid_values_name_field_and_value(field, value):
     assert f"DataConfig.{field}={value!r}" in str(err.value)
 
 
-def test_vae_needs_a_path():
-    with pytest.raises(ValueError, match="encoder_path"):
-        DataConfig(encoder="vae")
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_vae_needs_a_path(kind):
+    with pytest.raises(ValueError, match="DataConfig.vae_dir=None"):
+        DataConfig(vae=kind)
+    with pytest.raises(ValueError, match="DataConfig.vae_dir='/m'"):
+        DataConfig(vae_dir="/m")  # a VAE directory without a kind: pixel shards
+    with pytest.raises(ValueError, match="vae_sha256='abc'"):
+        DataConfig(vae=kind, vae_dir="/m", vae_sha256="abc")
 
 
 def test_endpoint_from_config_then_env(monkeypatch):
