@@ -10,8 +10,16 @@ import pytest
 from flowception.cluster import checkpoint, storage
 from flowception.cluster.config import TrainConfig, load_config
 from flowception.model.config import model_config
+from flowception.pipelines.ingest import DataCursor, Position
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cursor(rank: int, position: Position, *, samples: int) -> bytes:
+    """Rank ``rank``'s data cursor of a 2-rank job, as the workers write it."""
+    positions = tuple(position if r == rank else None for r in range(2))
+    cursor = DataCursor(world=2, positions=positions, samples=((0, samples),))
+    return json.dumps(cursor.to_dict()).encode()
 
 
 def _write_checkpoint(run: Path, step: int, *, manifest: bool = True) -> Path:
@@ -22,8 +30,8 @@ def _write_checkpoint(run: Path, step: int, *, manifest: bool = True) -> Path:
     files = {
         "ds/zero_pp_rank_0_mp_rank_00_optim_states.pt": b"a" * 10,
         "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt": b"b" * 12,
-        "cursor_rank000.json": json.dumps({"epoch": 0, "shards_done": [[0, 0]]}).encode(),
-        "cursor_rank001.json": json.dumps({"epoch": 0, "shards_done": [[0, 3]]}).encode(),
+        "cursor_rank000.json": _cursor(0, Position(epoch=0, unit=1, pos=2), samples=5),
+        "cursor_rank001.json": _cursor(1, Position(epoch=0, unit=2, pos=0), samples=3),
         "config.yaml": cfg.to_yaml().encode(),
     }
     for name, data in files.items():
@@ -77,8 +85,9 @@ def test_resume_point_prefers_the_runs_own_checkpoint(tmp_path):
 
 def test_merged_cursor_is_the_union_of_ranks(tmp_path):
     ckpt = _write_checkpoint(tmp_path / "run", 2)
-    cursor = checkpoint.merged_cursor(str(ckpt))
-    assert cursor["shards_done"] == [[0, 0], [0, 3]]
+    cursor = DataCursor.from_dict(checkpoint.merged_cursor(str(ckpt)))
+    assert cursor.positions == (Position(epoch=0, unit=1, pos=2), Position(epoch=0, unit=2, pos=0))
+    assert cursor.samples == ((0, 8),)
 
 
 def test_upload_to_s3_manifest_last_and_listing(tmp_path, s3_bucket):

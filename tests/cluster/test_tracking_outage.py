@@ -114,3 +114,32 @@ def test_spool_survives_a_restart_of_the_worker(tmp_path):
     assert [r["step"] for r in again.pending] == [2]
     again.mark_sent(1)
     assert Spool(tmp_path / "tracking").pending == []
+
+
+def test_s3_run_left_records_are_uploaded_and_flushed(mlflow_server, s3_bucket, tmp_path):
+    """An s3:// run spools locally; what is left at the end goes to {run}/tracking/ and
+    ``tracking flush`` sends it from there (from any machine)."""
+    import mlflow
+
+    from flowception.eval.cli import main
+    from flowception.pipelines.s3_local import free_port
+
+    run_id = create_run(_cfg_for("s3-left"), mlflow_server, tags={})
+    run_uri = f"{s3_bucket}/runs/left"
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the server is away
+    tracker = Tracker(dead, run_id, spool=tmp_path / "spool")
+    tracker.log_metrics({"loss": 2.0}, 1)
+    tracker.log_metrics({"loss": 1.0}, 2)
+    left = tracker.close(tries=1, run_uri=run_uri)
+    assert left == {"metric rows": 2, "artifacts": 0, "end": 1}
+    assert main(["tracking", "flush", run_uri, "--tracking-uri", mlflow_server]) == 0
+    client = mlflow.MlflowClient(mlflow_server)
+    assert _history(mlflow_server, run_id, "loss") == [(1, 2.0), (2, 1.0)]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert main(["tracking", "flush", run_uri, "--tracking-uri", mlflow_server]) == 2  # all sent
+
+
+def _cfg_for(name: str):
+    return load_config(
+        ROOT / "configs/demo-cpu.yaml", ["tracking.experiment=outage", f"cluster.name={name}"]
+    )
