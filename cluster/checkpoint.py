@@ -345,7 +345,7 @@ def consolidated_state_dict(local_dir: Path, zero_stage: int) -> dict[str, torch
         return {k: v.float() for k, v in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    with safe_io.no_code_loads():  # zero_to_fp32 passes weights_only=False: forced to True
+    with safe_io.no_code_loads():  # zero_to_fp32 asks for full unpickling: refused
         state = get_fp32_state_dict_from_zero_checkpoint(str(local_dir), tag=DS_TAG)
     return {k: v.float() for k, v in state.items()}
 

@@ -6,8 +6,8 @@ rest of the structure): ``save_tree`` / ``load_tree`` round-trip a nested value 
 dicts, lists, tuples, tensors, numpy arrays, numbers, strings and ``None`` (the EMA
 state, the RNG states of every library). DeepSpeed writes pickles of its own; they
 are read only inside ``no_code_loads()``, which forces ``torch.load`` to
-``weights_only=True`` (also where DeepSpeed passes ``weights_only=False``) and
-admits the few DeepSpeed types its files hold (``DEEPSPEED_SAFE_GLOBALS``).
+``weights_only=True`` (also where DeepSpeed asks for full unpickling) and
+admits the few DeepSpeed types its files hold (``deepspeed_safe_globals``).
 
     save_tree({"decay": 0.999, "shadow": net.state_dict()}, "ema.safetensors")
     with no_code_loads():

@@ -85,6 +85,7 @@ def test_the_payload_is_real(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_no_checkpoint_file_runs_code(real_checkpoint, tmp_path):
     marker = tmp_path / "ran"
     # the pristine checkpoint loads everywhere (the refusals below are not a broken loader)
@@ -114,3 +115,15 @@ def test_no_checkpoint_file_runs_code(real_checkpoint, tmp_path):
                  "ds_zero_pp_rank_0_mp_rank_00_optim_states.pt", "cursor_rank000.json"):  # fmt: skip
         assert not by_dir[kind]["ok"], kind
     assert not marker.exists()
+
+
+def test_no_unpickling_loader_in_the_packages():
+    """No code path of the packages asks for full unpickling of a file."""
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for pkg in ("model", "pipelines", "cluster", "eval")
+        for path in (ROOT / pkg).rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "weights_only=False" in line or "pickle.load" in line
+    ]
+    assert not found, found
