@@ -94,7 +94,8 @@ class EvalConfig(Config):
     """I3D endpoint whose per-frame features give subject consistency."""
     vbench_weights: dict[str, str] = Field(default_factory=dict)
     """Local weight files of VBench dimensions computed with VBench's network
-    (``subject_consistency``: DINO ViT-B/16, ``background_consistency``: CLIP ViT-B/32)."""
+    (``subject_consistency``: DINO ViT-B/16, ``background_consistency``: CLIP ViT-B/32,
+    ``aesthetic_quality``: a directory with CLIP ViT-L/14 and the LAION head)."""
     fps: float | None = None
     """Frame rate of the eval videos: dynamic degree keeps every ``round(fps / 8)``-th frame
     as VBench does; None = every frame (the stride is logged)."""

@@ -193,7 +193,7 @@ class FeatureActor:
     Columns per row: ``key, length, has_clip, features, static_features`` and, per wanted
     metric, ``temporal_flickering, motion_smoothness, dynamic, subject_consistency_i3d``
     (NaN when a video is too short) and ``vbench_<dim>_sum / vbench_<dim>_pairs`` for each
-    dimension in ``vbench_weights`` (:class:`eval.vbench.ConsistencyDimension`).
+    dimension in ``vbench_weights`` (:func:`eval.vbench.load_dimension`).
     """
 
     def __init__(
@@ -206,7 +206,7 @@ class FeatureActor:
     ) -> None:
         from flowception.eval.i3d import I3DFeatureExtractor
         from flowception.eval.metrics import vbench_stride
-        from flowception.eval.vbench import ConsistencyDimension
+        from flowception.eval.vbench import load_dimension
 
         self.cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_dict(eval_cfg)
         self.role = role
@@ -222,7 +222,7 @@ class FeatureActor:
                 batch_size=self.cfg.batch_size,
             )
         self.vbench = {
-            name: ConsistencyDimension(name, path, device=_device(self.cfg.device))
+            name: load_dimension(name, path, device=_device(self.cfg.device))
             for name, path in sorted(self.cfg.vbench_weights.items())
         }
         self.stride = vbench_stride(self.cfg.fps)
@@ -274,7 +274,7 @@ class FeatureActor:
         for name, dim in self.vbench.items():
             sums, pairs = np.full(len(videos), np.nan), np.zeros(len(videos), np.int64)
             for i, v in enumerate(videos):
-                if len(v) >= 2:
+                if len(v) >= dim.min_frames:
                     res = dim.video(v)
                     sums[i], pairs[i] = res.sum, res.pairs
             out[f"vbench_{name}_sum"], out[f"vbench_{name}_pairs"] = sums, pairs

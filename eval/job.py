@@ -450,19 +450,20 @@ def _vbench_params(eval_cfg: EvalConfig) -> dict[str, str]:
     """Model, path and sha256 of every VBench weight file (read before any work)."""
     import hashlib
 
-    from flowception.eval.vbench import DIMENSIONS
+    from flowception.eval.vbench import DIMENSIONS, weight_files
 
     out = {}
     for name, path in sorted(eval_cfg.vbench_weights.items()):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"eval.vbench_weights.{name}={path}: no such file "
-                                    "(weights are never downloaded)")  # fmt: skip
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        out.update({f"vbench.{name}.model": DIMENSIONS[name], f"vbench.{name}.weights": path,
-                    f"vbench.{name}.sha256": digest.hexdigest()})  # fmt: skip
+        out.update({f"vbench.{name}.model": DIMENSIONS[name], f"vbench.{name}.weights": path})
+        for i, file in enumerate(weight_files(name, path)):
+            if not file.is_file():
+                raise FileNotFoundError(f"eval.vbench_weights.{name}={path}: no such file "
+                                        f"{file} (weights are never downloaded)")  # fmt: skip
+            digest = hashlib.sha256()
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            out[f"vbench.{name}.{'sha256' if i == 0 else 'head_sha256'}"] = digest.hexdigest()
     return out
 
 

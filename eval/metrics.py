@@ -26,7 +26,8 @@ VBench's network (VBench: Huang et al. 2024, https://github.com/Vchitect/VBench)
   (about 0.93-1.0 for any input; pure noise scores above some real clips), so the number
   only ranks videos coarsely.
 
-VBench's own subject and background consistency (DINO, CLIP) are in :mod:`eval.vbench`,
+VBench's own subject / background consistency and aesthetic quality (DINO, CLIP, LAION
+head) are in :mod:`eval.vbench`,
 computed when ``EvalConfig.vbench_weights`` gives their weights (:data:`WEIGHTED_DIMENSIONS`).
 """
 

@@ -1,9 +1,9 @@
 """VBench dimensions computed with the networks VBench uses, from local weight files.
 
-VBench (Huang et al. 2024, https://github.com/Vchitect/VBench) scores two consistency
-dimensions with pretrained image encoders; both are here with the same architecture,
-preprocessing and formula, loading the published checkpoints from a local path (never
-downloaded; the file's sha256 is recorded with every number):
+VBench (Huang et al. 2024, https://github.com/Vchitect/VBench) scores these dimensions
+with pretrained image networks; they are here with the same architecture, preprocessing
+and formula, loading the published checkpoints from a local path (never downloaded; each
+file's sha256 is recorded with every number):
 
 - ``subject_consistency``: DINO ViT-B/16 (``dino_vitb16_pretrain.pth`` of
   facebookresearch/dino, the ``torch.hub`` model VBench loads): every frame, shorter side
@@ -11,13 +11,17 @@ downloaded; the file's sha256 is recorded with every number):
   tensors), ``/255``, ImageNet normalisation; the CLS token after the final norm;
 - ``background_consistency``: CLIP ViT-B/32 (OpenAI ``ViT-B-32.pt``, TorchScript or state
   dict): every frame, shorter side to 224 (bicubic, no antialias), centre crop 224,
-  ``/255``, CLIP normalisation; ``encode_image``.
+  ``/255``, CLIP normalisation; ``encode_image``;
+- ``aesthetic_quality``: CLIP ViT-L/14 (OpenAI ``ViT-L-14.pt``) with the LAION aesthetic
+  linear head (``sa_0_4_vit_l_14_linear.pth``), both in one directory given as the
+  weights: CLIP preprocessing as above, ``head(normalize(encode_image)) / 10`` averaged
+  over the video's frames.
 
-Both use :func:`eval.metrics.consistency_score` per video, and VBench's dimension score is
-frame-weighted: ``sum(video_sim) / sum(T_i - 1)`` (:func:`dimension_score`).
+The consistency dimensions use :func:`eval.metrics.consistency_score` per video and
+VBench's frame-weighted score ``sum(video_sim) / sum(T_i - 1)``; aesthetic quality is the
+mean over videos (a video counts once: ``pairs = 1``), both via :func:`dimension_score`.
 
-Not implemented (a config naming them is rejected): ``aesthetic_quality`` (LAION head on
-CLIP ViT-L/14) and ``imaging_quality`` (MUSIQ via pyiqa): see ``docs`` for why.
+Not implemented (a config naming it is rejected): ``imaging_quality`` (MUSIQ via pyiqa).
 The networks are written out here because ``timm`` and ``open_clip`` import
 ``torchvision``, whose PyPI wheel needs the CUDA build of torch; the state-dict key names
 are the published ones, so the checkpoints load one-to-one (missing or unexpected keys and
@@ -42,10 +46,12 @@ CLIP_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.275
 DIMENSIONS: dict[str, str] = {
     "subject_consistency": "DINO ViT-B/16 (facebookresearch/dino dino_vitb16_pretrain.pth)",
     "background_consistency": "CLIP ViT-B/32 (OpenAI ViT-B-32.pt)",
+    "aesthetic_quality": "LAION aesthetic head on CLIP ViT-L/14 (a directory holding "
+    "ViT-L-14.pt and sa_0_4_vit_l_14_linear.pth)",
 }
 """VBench dimensions computed with VBench's own network: name -> the weights to give."""
+AESTHETIC_FILES = ("ViT-L-14.pt", "sa_0_4_vit_l_14_linear.pth")
 NOT_IMPLEMENTED: dict[str, str] = {
-    "aesthetic_quality": "LAION aesthetic head on CLIP ViT-L/14 (not implemented)",
     "imaging_quality": "MUSIQ (pyiqa needs torchvision, not installable with CPU torch)",
 }
 """VBench dimensions that need weights and are not computed, with the reason."""
@@ -288,14 +294,16 @@ class ConsistencyDimension:
     def __init__(
         self, name: str, weights: str | Path, *, device: str = "cpu", batch_frames: int = 16
     ) -> None:
-        if name not in DIMENSIONS:
-            why = NOT_IMPLEMENTED.get(name, "not a VBench dimension that needs weights")
+        if name not in DIMENSIONS or name == "aesthetic_quality":
+            why = NOT_IMPLEMENTED.get(name, "not a VBench consistency dimension")
             raise ValueError(f"VBench dimension {name!r}: {why}; computed: {sorted(DIMENSIONS)}")
         self.name, self.weights, self.device = name, str(weights), torch.device(device)
         self.kind: Literal["dino", "clip"] = "dino" if name == "subject_consistency" else "clip"
         state, self.sha256 = read_state_dict(weights)
         self.net = _build(self.kind, state, self.weights).to(self.device)
         self.batch_frames = batch_frames
+
+    min_frames = 2
 
     @torch.inference_mode()
     def embed(self, video: np.ndarray) -> Tensor:
@@ -331,3 +339,76 @@ def dimension_score(videos: Sequence[VideoConsistency]) -> float:
     if pairs == 0:
         raise ValueError("dimension_score: no video with >= 2 frames")
     return float(sum(v.sum for v in videos) / pairs)
+
+
+class AestheticDimension:
+    """VBench's aesthetic quality: LAION's linear head on normalised CLIP ViT-L/14 image
+    embeddings, divided by 10, averaged over frames (one actor holds both networks).
+
+    Args:
+        weights: Directory holding :data:`AESTHETIC_FILES`.
+        device: Where the networks run.
+        batch_frames: Frames per forward pass.
+    """
+
+    name = "aesthetic_quality"
+    min_frames = 1
+
+    def __init__(self, weights: str | Path, *, device: str = "cpu", batch_frames: int = 16):
+        self.weights, self.device = str(weights), torch.device(device)
+        clip_file, head_file = weight_files(self.name, weights)
+        state, self.sha256 = read_state_dict(clip_file)
+        self.net = _build("clip", state, str(clip_file)).to(self.device)
+        head, self.head_sha256 = read_state_dict(head_file)
+        if set(head) != {"weight", "bias"} or tuple(head["weight"].shape) != (1, self.out_dim):
+            raise ValueError(
+                f"{head_file}: expected nn.Linear({self.out_dim}, 1) weight/bias, got "
+                f"{ {k: tuple(v.shape) for k, v in head.items()} }"
+            )
+        self.head = nn.Linear(self.out_dim, 1)
+        self.head.load_state_dict({k: v.float() for k, v in head.items()})
+        self.head.to(self.device).eval()
+        self.batch_frames = batch_frames
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.net.proj.shape[1])
+
+    @torch.inference_mode()
+    def video(self, video: np.ndarray) -> VideoConsistency:
+        """One video's score ``mean_t head(normalize(encode_image(f_t))) / 10`` (``pairs=1``)."""
+        x = preprocess(video, "clip")
+        scores = []
+        for i in range(0, len(x), self.batch_frames):
+            f = F.normalize(self.net(x[i : i + self.batch_frames].to(self.device)).float(), dim=-1)
+            scores.append(self.head(f).squeeze(-1).cpu() / 10.0)  # (b,)
+        return VideoConsistency(sum=float(torch.cat(scores).double().mean()), pairs=1)
+
+    def params(self) -> dict[str, str]:
+        return {
+            f"vbench.{self.name}.model": DIMENSIONS[self.name],
+            f"vbench.{self.name}.weights": self.weights,
+            f"vbench.{self.name}.sha256": self.sha256,
+            f"vbench.{self.name}.head_sha256": self.head_sha256,
+        }
+
+
+def weight_files(name: str, weights: str | Path) -> list[Path]:
+    """The local files a dimension reads (aesthetic quality: two files in a directory)."""
+    p = Path(weights)
+    if name != "aesthetic_quality":
+        return [p]
+    if not p.is_dir():
+        raise FileNotFoundError(
+            f"{weights}: aesthetic_quality needs a directory holding {list(AESTHETIC_FILES)}"
+        )
+    return [p / f for f in AESTHETIC_FILES]
+
+
+def load_dimension(
+    name: str, weights: str | Path, *, device: str = "cpu"
+) -> ConsistencyDimension | AestheticDimension:
+    """The network-backed scorer of a VBench dimension (``.video(video)``, ``.params()``)."""
+    if name == "aesthetic_quality":
+        return AestheticDimension(weights, device=device)
+    return ConsistencyDimension(name, weights, device=device)

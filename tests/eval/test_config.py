@@ -43,7 +43,10 @@ def test_round_trip_and_unknown_keys():
         protocol=FVDProtocol(num_real=64, num_fake=64),
         metrics=("fvd", "length"),
         reference_cache="s3://bucket/refs",
-        vbench_weights={"subject_consistency": "/weights/dino_vitb16_pretrain.pth"},
+        vbench_weights={
+            "subject_consistency": "/weights/dino_vitb16_pretrain.pth",
+            "aesthetic_quality": "/weights/aesthetic",
+        },
     )
     data = cfg.to_dict()
     assert data["protocol"]["num_real"] == 64 and data["metrics"] == ["fvd", "length"]

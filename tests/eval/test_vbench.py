@@ -238,3 +238,32 @@ def test_errors_name_the_file_and_the_dimension(tmp_path: Path):
     junk.write_bytes(b"not weights")
     with pytest.raises(ValueError, match=f"{junk}: not a safetensors"):
         ConsistencyDimension("subject_consistency", junk)
+
+
+def test_aesthetic_quality_is_laion_head_on_normalised_clip_over_10(tmp_path: Path):
+    """A small CLIP visual tower (the ViT-L/14 class) and a LAION-shaped linear head in one
+    directory, as VBench's cache holds them; the score is written out here."""
+    from flowception.eval.vbench import AESTHETIC_FILES, load_dimension
+
+    visual = _randomise(ClipVisual(dim=64, depth=1, patch=32, grid=7, out=16), 6, scale=0.2)
+    torch.save({f"visual.{k}": v for k, v in visual.state_dict().items()},
+               tmp_path / AESTHETIC_FILES[0])  # fmt: skip
+    head = torch.nn.Linear(16, 1)
+    torch.save(head.state_dict(), tmp_path / AESTHETIC_FILES[1])
+    dim = load_dimension("aesthetic_quality", tmp_path)
+    videos = [_moving_video(3), _moving_video(1, side=50)]
+    with torch.no_grad():
+        expected = [
+            float((head(F.normalize(visual(preprocess(v, "clip")), dim=-1)) / 10).mean())
+            for v in videos
+        ]
+    results = [dim.video(v) for v in videos]
+    for got, want in zip(results, expected):
+        assert got.pairs == 1 and got.sum == pytest.approx(want, rel=1e-5)
+    assert dimension_score(results) == pytest.approx(np.mean(expected), rel=1e-5)
+    assert len({dim.sha256, dim.head_sha256}) == 2 and "head_sha256" in str(dim.params())
+    torch.save(torch.nn.Linear(8, 1).state_dict(), tmp_path / AESTHETIC_FILES[1])
+    with pytest.raises(ValueError, match=r"expected nn.Linear\(16, 1\)"):
+        load_dimension("aesthetic_quality", tmp_path)
+    with pytest.raises(FileNotFoundError, match="needs a directory holding"):
+        load_dimension("aesthetic_quality", tmp_path / AESTHETIC_FILES[0])
