@@ -165,7 +165,9 @@ def test_encode_job_writes_latent_shards_with_their_index(encoded, vaes, pixels)
 
 def test_encode_job_resumes_where_it_stopped(encoded, vaes):
     """A shard whose done record is missing (killed before it) or whose bytes no longer
-    match it is encoded again; verified shards are skipped; the index comes out the same."""
+    match it is encoded again; verified shards are skipped (their bytes untouched); the
+    index lists the same shards (re-encoded latents may differ in the last float16 bit:
+    thread counts differ between an actor and this process)."""
     job, first = encoded
     out = job.out
     before = {p: open(f"{out}/{p}", "rb").read() for p in ("shard-000000.tar", "index.json")}
@@ -174,7 +176,12 @@ def test_encode_job_resumes_where_it_stopped(encoded, vaes):
         f.write(b"junk")
     again = encode_in_process(job)
     assert again["encoded"] == ["shard-000001.tar", "shard-000002.tar"]
-    assert again["index"] == first["index"]
+    index, before_index = again["index"], first["index"]
+    assert index["meta"] == before_index["meta"]
+    assert [(s["name"], s["num_samples"]) for s in index["shards"]] == [
+        (s["name"], s["num_samples"]) for s in before_index["shards"]
+    ]
+    assert index["shards"][0] == before_index["shards"][0]  # skipped: the same bytes
     assert open(f"{out}/shard-000000.tar", "rb").read() == before["shard-000000.tar"]
     assert run_encode(job)["encoded"] == []  # nothing left: Ray is not even needed
     other = save_random_vae("image", f"{out}-vae2", seed=2)
