@@ -14,6 +14,7 @@ exactly what a sweep evaluates. Each logged model is registered under the run's 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,5 +137,29 @@ def log_exported_model(
             pip_requirements=["flowception"],
         )
     version = getattr(info, "registered_model_version", None)
+    step = json.loads((export_dir / "export.json").read_text()).get("step")
+    if version is not None and step is not None:
+        mlflow.MlflowClient(tracking_uri).set_model_version_tag(
+            name, str(version), "flowception.step", str(step)
+        )
     log.info("logged model %s (registered %s v%s)", info.model_uri, name, version)
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), name, str(version))
+
+
+def link_eval_run(client: Any, train_run_id: str, eval_run_id: str, step: int | None) -> str | None:
+    """Tie an eval child run to the registered model of the same step, both ways.
+
+    The eval run gets ``flowception.model_name`` / ``flowception.model_version`` tags and the
+    model version a ``flowception.eval_run`` tag, so the registry shows what each evaluated
+    version scored. Returns ``name/version``, or ``None`` when no version has that step
+    (an intermediate checkpoint: only the exported one is registered).
+    """
+    if step is None:
+        return None
+    for v in client.search_model_versions(f"run_id='{train_run_id}'"):
+        if v.tags.get("flowception.step") == str(step):
+            client.set_tag(eval_run_id, "flowception.model_name", v.name)
+            client.set_tag(eval_run_id, "flowception.model_version", str(v.version))
+            client.set_model_version_tag(v.name, v.version, "flowception.eval_run", eval_run_id)
+            return f"{v.name}/{v.version}"
+    return None

@@ -43,6 +43,32 @@ SECRET_PARTS = ("secret", "password", "token", "credential", "access_key", "api_
 SPOOL = "tracking"
 """The spool's folder name in the run directory."""
 BATCH = 1000  # MLflow's limit of metrics per log_batch
+SYSTEM_EVERY_S = 10.0
+"""Seconds between two samples of the system metrics rank 0 adds to its rows."""
+
+
+def system_metrics() -> dict[str, float]:
+    """CPU, memory and (where present) GPU use, under MLflow's own ``system/`` names, so the
+    UI's System metrics tab shows them; sent through the spool like every other row."""
+    import psutil
+
+    mem = psutil.virtual_memory()
+    out = {
+        "system/cpu_utilization_percentage": psutil.cpu_percent(interval=None),
+        "system/system_memory_usage_megabytes": (mem.total - mem.available) / 2**20,
+        "system/system_memory_usage_percentage": mem.percent,
+    }
+    try:
+        import torch
+
+        for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+            free, total = torch.cuda.mem_get_info(i)
+            out[f"system/gpu_{i}_memory_usage_megabytes"] = (total - free) / 2**20
+            out[f"system/gpu_{i}_memory_usage_percentage"] = 100.0 * (total - free) / total
+            out[f"system/gpu_{i}_utilization_percentage"] = float(torch.cuda.utilization(i))
+    except Exception as exc:  # noqa: BLE001 - GPU metrics are optional (no pynvml, no driver)
+        log.debug("no GPU system metrics: %s", exc)
+    return out
 
 
 def tracking_uri(cfg: TrackingConfig) -> str | None:
@@ -271,10 +297,14 @@ class Tracker:
         self.failures = 0
         self._next_try = 0.0
         self._warned = False
+        self._next_system = 0.0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Spool one row per metric at ``step`` and try to send everything spooled."""
         values = {k: float(v) for k, v in metrics.items()}
+        if time.monotonic() >= self._next_system:
+            self._next_system = time.monotonic() + SYSTEM_EVERY_S
+            values.update(system_metrics())
         self.spool.append({"kind": "metrics", "step": int(step), "ts": int(time.time() * 1000),
                            "values": values})  # fmt: skip
         self.flush()

@@ -551,6 +551,10 @@ def log_to_mlflow(
     for path in files:
         sub = "videos" if path.parent.name == "videos" else None
         client.log_artifact(child, str(path), sub)
+    if parent:
+        from flowception.cluster.registry import link_eval_run
+
+        link_eval_run(client, parent, child, step)
     client.set_tag(child, "flowception.eval_status", "done")
     client.set_terminated(child)
     return child

@@ -54,6 +54,15 @@ def test_export_is_logged_registered_and_samples_with_its_weights(export_dir, ml
     assert [m.model_id for m in mlflow.search_logged_models(experiment_ids=[exp],
                                                             output_format="list")] == [logged.model_id]  # fmt: skip
 
+    # an eval child run of the exported step is tied to this version, both ways
+    from flowception.cluster.registry import link_eval_run
+
+    child = client.create_run(exp, run_name="eval").info.run_id
+    assert link_eval_run(client, run_id, child, step=2) is None  # not the exported step
+    assert link_eval_run(client, run_id, child, step=3) == "reg-run/1"
+    assert client.get_run(child).data.tags["flowception.model_version"] == "1"
+    assert client.get_model_version("reg-run", "1").tags["flowception.eval_run"] == child
+
     model = mlflow.pyfunc.load_model(f"models:/reg-run/{logged.version}")
     pred = model.predict(pd.DataFrame({"seed": [0, 5]}), params={"num_steps": 4})
     assert list(pred.columns) == ["length", "video"] and len(pred) == 2

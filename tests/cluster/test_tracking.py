@@ -138,3 +138,21 @@ def test_mlflow_server_stops_cleanly(tmp_path):
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
     assert (tmp_path / "m" / "mlflow.db").exists()
+
+
+def test_tracker_logs_system_metrics_under_mlflow_names(mlflow_server, tmp_path, monkeypatch):
+    """CPU and memory rows reach the run as MLflow's ``system/`` metrics (the UI's tab)."""
+    import mlflow
+
+    monkeypatch.setattr("flowception.cluster.tracking.SYSTEM_EVERY_S", 0.0)
+    run_id = create_run(_cfg("system"), mlflow_server, tags={})
+    tracker = Tracker(mlflow_server, run_id, spool=tmp_path / "tracking")
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    tracker.log_metrics({"loss": 0.5}, step=2)
+    tracker.close()
+    client = mlflow.MlflowClient(mlflow_server)
+    for name in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        history = client.get_metric_history(run_id, name)
+        assert [m.step for m in history] == [1, 2], name
+        assert all(m.value >= 0 for m in history)
+    assert client.get_metric_history(run_id, "system/system_memory_usage_megabytes")[0].value > 0
