@@ -178,6 +178,24 @@ def test_resume_with_another_world_size_sees_every_sample_once(ray_data, mnist_d
     assert sorted(seen) == sorted((e, k) for e in (0, 1) for k in ALL_KEYS)
 
 
+def test_shards_are_checked_against_the_index_at_read_time(ray_data, mnist_dir, tmp_path):
+    for f in mnist_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "shard-000001.tar").write_bytes(b"")  # its 4 indexed samples are gone
+    batches, stream = _samples(data_cfg(tmp_path))
+    assert len(batches) == NUM_VIDEOS - 4
+    assert stream.skipped == {"empty_shard": 4}
+    assert dict(((r, n) for _, r, n in stream.cursor.skipped)) == {
+        "empty_shard": 4, "size_mismatch": 1, "sha256_mismatch": 1, "count_mismatch": 1,
+    }  # fmt: skip
+
+
+def test_a_rank_without_shards_yields_nothing(ray_data, mnist_dir):
+    cfg = data_cfg(mnist_dir)  # 3 shards for 4 ranks
+    shares = [_keys(_samples(cfg, rank=r, world=4)[0]) for r in range(4)]
+    assert shares[3] == [] and sorted(k for s in shares for _, k in s) == sorted(ALL_KEYS)
+
+
 def test_shard_bytes_equal_their_index_checksums(mnist_dir):
     for shard in list_shards(str(mnist_dir)):
         data = Path(shard.url).read_bytes()
