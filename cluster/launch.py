@@ -82,8 +82,9 @@ def check_resume(cfg: TrainConfig) -> str | None:
 
     A different ``cluster.num_workers`` is fine at ZeRO-0 (the optimiser state is whole on
     every rank; the data cursor is merged over ranks). At ZeRO 1-3 each rank holds a
-    partition of the optimiser state, and DeepSpeed's universal-checkpoint conversion does
-    not run on this CPU/gloo stack (README, "Resize on resume"), so that is refused.
+    partition of the optimiser state; DeepSpeed's universal checkpoint would re-partition it
+    (README, "Resize on resume": it works on CPU/gloo once checkpoints carry
+    ``universal_checkpoint_info``, not wired yet), so that is refused.
 
     Raises:
         ValueError: a world size or ZeRO stage the checkpoint cannot be resumed with.
