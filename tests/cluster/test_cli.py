@@ -74,7 +74,8 @@ def test_submit_shared_fs_follow_status_stop(two_node, tmp_path):
     assert summary["step"] == 2 and summary["checkpoint"].endswith("step_0000002")
     assert (tmp_path / "runs/job/step_0000002/manifest.json").exists()  # made absolute here
     info = client(ray_head).get_job_info(job_id)
-    assert info.metadata["team"] == "video" and info.entrypoint_num_cpus == 0.25
+    assert info.metadata["team"] == "video" and info.metadata["FLOWCEPTION_GIT_COMMIT"]
+    assert "pip" not in info.runtime_env  # the cluster's own packages by default
     assert "--config-yaml" in info.entrypoint and "demo-cpu.yaml" not in info.entrypoint
 
     assert _cli("status", job_id, "--address", ray_head).stdout.strip() == "SUCCEEDED"
