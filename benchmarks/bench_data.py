@@ -3,13 +3,22 @@
 Both readers decode the same shards with the same code (``pipelines.decode``: PyAV,
 clip plan, centre crop + resize) and hand uint8 clips to the consumer; they differ
 only in how shards are read and work is spread. Each is run with 1 and 2 workers
-(Ray: concurrent read+decode tasks; DataLoader: worker processes), on local disk and
-on a local S3 endpoint (moto), after one warm-up pass.
+(Ray: concurrent read+decode tasks of one rank's deterministic reader, as a training
+worker runs it; DataLoader: worker processes), on local disk and on a local S3
+endpoint (moto), after one warm-up pass. Every reader must deliver every good clip
+(checked), so a fast wrong reader cannot win.
 
-    python benchmarks/bench_data.py                    # ~1-3 min on 2 cores
-    python benchmarks/bench_data.py --quick            # 192 videos
+Where the Ray reader's time goes comes from Ray Data's own stats (``ds.stats()`` of
+the last timed pass): task wall time summed over tasks vs the pass's wall time x
+workers (``busy``: how well the workers are used), the consumer's time blocked in
+``iter_batches`` (``blocked``), and the mean block (rows, MB). The ``where`` column
+and ``findings`` in the JSON say what that means.
 
-Writes ``benchmarks/results/data.json`` and prints a table.
+    python benchmarks/bench_data.py                    # ~1-3 min on an idle 2-core machine
+    python benchmarks/bench_data.py --quick            # 192 videos, 1 timed pass
+
+Writes ``benchmarks/results/data.json`` (with the raw ``ds.stats()`` text) and prints a
+table. Numbers taken at a load average above the core count are marked ``loaded``.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -37,14 +47,71 @@ from flowception.pipelines.sources import moving_mnist, write_clips  # noqa: E40
 # --------------------------------------------------------------------------- #
 
 
+LAST_STATS: dict[str, str] = {}
+
+
 def run_ray(cfg: DataConfig) -> int:
-    """Decoded clips delivered by the Ray Data reader (one pass)."""
+    """Decoded clips delivered by the Ray Data reader (one pass, one rank of one, blocks
+    as the training stream takes them); keeps ``ds.stats()`` in ``LAST_STATS``."""
     from flowception.pipelines.dataset import build_dataset
 
-    clips = 0
-    for batch in build_dataset(cfg).iter_batches(batch_size=32, batch_format="numpy"):
+    clips, waited, t0 = 0, 0.0, time.perf_counter()
+    ds = build_dataset(cfg)
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
+    while True:
+        t = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - t
+        if batch is None:
+            break
         clips += int((batch["status"] == "ok").sum())
+    LAST_STATS["text"] = ds.stats()
+    LAST_STATS["blocked"] = f"{waited / (time.perf_counter() - t0):.3f}"
     return clips
+
+
+def _seconds(text: str) -> float:
+    m = re.match(r"([\d.]+)\s*(\w+)", text)
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}.get(m.group(2), 1)
+
+
+def where_time_goes(stats: str, seconds: float, workers: int, blocked: str = "") -> dict:
+    """The numbers of ``ds.stats()`` that explain a pass: task wall time over the
+    workers' time (``busy``), task CPU time over task wall time (``cpu``: below 1 the
+    tasks wait for a CPU or for storage), the consumer's share of the pass spent
+    waiting for the next block (``blocked``, timed around ``next()``), and the mean block."""
+    out: dict = {}
+    wall = sum(
+        _seconds(w) for w in re.findall(r"Remote wall time: .*?, ([\d.]+\s*\w+) total", stats)
+    )
+    cpu = sum(_seconds(c) for c in re.findall(r"Remote cpu time: .*?, ([\d.]+\s*\w+) total", stats))
+    if wall:
+        out["busy"] = round(wall / (seconds * workers), 2)
+        out["cpu"] = round(cpu / wall, 2)
+    if blocked:
+        out["blocked"] = round(float(blocked), 2)
+    rows = re.search(r"Output num rows per block: .*?, ([\d.]+) mean", stats)
+    size = re.search(r"Output size bytes per block: .*?, ([\d.]+)\s*(\w*?)B? mean", stats)
+    if rows:
+        out["rows_per_block"] = float(rows.group(1))
+    if size:
+        scale = {"": 1, "K": 1e3, "Ki": 1024, "M": 1e6, "Mi": 1 << 20}.get(size.group(2), 1)
+        out["mb_per_block"] = round(float(size.group(1)) * scale / 1e6, 2)
+    out["operators"] = len(re.findall(r"^Operator \d+ ", stats, flags=re.M))
+    return out
+
+
+def finding(w: dict) -> str:
+    """One line: what bounds the pass, from ``where_time_goes``."""
+    if not w:
+        return "no stats"
+    if w.get("cpu", 1) < 0.7:
+        return "tasks wait for a CPU or storage (cpu/wall low): loaded machine or slow GETs"
+    if w.get("busy", 0) >= 0.8:
+        return "decode-bound: tasks busy on CPU, framework overhead small"
+    if w.get("blocked", 1) < 0.5:
+        return "consumer-bound: the driver-side loop is the bottleneck"
+    return "workers idle while the consumer waits: scheduling/ordering overhead"
 
 
 _S3: dict[int, object] = {}
@@ -134,6 +201,17 @@ def timed(fn, *args) -> tuple[int, float]:
     return clips, best
 
 
+def measure(fn, *args) -> tuple[int, float]:
+    """``timed`` for every reader; a reader that loses clips is an error."""
+    clips, best = timed(fn, *args)
+    if EXPECTED and clips != EXPECTED[0]:
+        raise AssertionError(f"{fn.__name__}{args[1:]}: {clips} clips, expected {EXPECTED[0]}")
+    return clips, best
+
+
+EXPECTED: list[int] = []
+
+
 # --------------------------------------------------------------------------- #
 #                                    Main                                     #
 # --------------------------------------------------------------------------- #
@@ -146,12 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data.json"))
-    parser.add_argument("--quick", action="store_true", help="192 videos (make bench --quick)")
+    parser.add_argument(
+        "--quick", action="store_true", help="192 videos, 1 timed pass (make bench --quick)"
+    )
     parser.add_argument("--repeats", type=int, default=REPEATS, help="timed passes (best of)")
     args = parser.parse_args(argv)
     globals()["REPEATS"] = args.repeats
     if args.quick:
         args.videos = min(args.videos, 192)
+        globals()["REPEATS"] = args.repeats = 1
 
     import ray
 
@@ -177,13 +258,22 @@ def main(argv: list[str] | None = None) -> int:
             cfg = base.replace(shards=where, s3_endpoint_url=endpoint)
             if storage == "local":
                 n, sec = timed(run_plain, cfg)
+                EXPECTED[:] = [n]
                 results.append(
                     dict(reader="plain", storage=storage, workers=1, clips=n, seconds=sec)
                 )
             for w in args.workers:
-                n, sec = timed(run_ray, cfg.replace(decode_workers=w))
-                results.append(dict(reader="ray", storage=storage, workers=w, clips=n, seconds=sec))
-                n, sec = timed(run_webdataset, cfg, w)
+                n, sec = measure(run_ray, cfg.replace(decode_workers=w))
+                where = where_time_goes(
+                    LAST_STATS.get("text", ""), sec, w, LAST_STATS.get("blocked", "")
+                )
+                results.append(
+                    dict(
+                        reader="ray", storage=storage, workers=w, clips=n, seconds=sec,
+                        where=where, finding=finding(where), stats=LAST_STATS.get("text", ""),
+                    )
+                )  # fmt: skip
+                n, sec = measure(run_webdataset, cfg, w)
                 results.append(
                     dict(reader="webdataset", storage=storage, workers=w, clips=n, seconds=sec)
                 )
@@ -204,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             ratios[f"{reader}_scaling_local_{lo}to{hi}w"] = round(
                 rate[(reader, "local", hi)] / rate[(reader, "local", lo)], 3
             )
+    load_after = os.getloadavg()[0]
+    loaded = max(load_before, load_after) > (os.cpu_count() or 1)
     report = {
         "benchmark": "data",
         "videos": args.videos,
@@ -213,19 +305,39 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "repeats": args.repeats,
         "load_average_before": load_before,
-        "note": "2-core machine shared with other jobs: absolute rates are noisy",
+        "load_average_after": load_after,
+        "loaded": loaded,
+        "note": (
+            "LOADED machine: rates are not comparable, re-measure on an idle machine"
+            if loaded
+            else "idle machine (load average below the core count)"
+        ),
         "results": results,
         "ratios": ratios,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
 
-    print(f"\n{'reader':<11}{'storage':<8}{'workers':>8}{'clips':>7}{'s':>8}{'clips/s':>9}")
+    print(
+        f"\n{'reader':<11}{'storage':<8}{'workers':>8}{'clips':>7}{'s':>8}{'clips/s':>9}"
+        f"  where the time goes (ds.stats)"
+    )
     for r in results:
+        w = r.get("where") or {}
+        where = (
+            f"  busy {w.get('busy', '?')}, cpu {w.get('cpu', '?')}, "
+            f"blocked {w.get('blocked', '?')}, "
+            f"{w.get('rows_per_block', '?')} rows/block, {w.get('operators', '?')} op: "
+            f"{r['finding']}"
+            if r["reader"] == "ray"
+            else ""
+        )
         print(
             f"{r['reader']:<11}{r['storage']:<8}{r['workers']:>8}{r['clips']:>7}"
-            f"{r['seconds']:>8.2f}{r['clips_per_s']:>9.1f}"
+            f"{r['seconds']:>8.2f}{r['clips_per_s']:>9.1f}{where}"
         )
+    if loaded:
+        print(f"LOADED (load average {load_before:.1f} -> {load_after:.1f}): re-measure idle")
     for k, v in ratios.items():
         print(f"{k}: {v}")
     print(f"wrote {args.out}")
