@@ -12,7 +12,6 @@ hash, git commit), the ``step_XXXXXXX/`` checkpoints and, at the end, ``export/`
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import json
 import logging
@@ -169,11 +168,10 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     def fix(path: str | None) -> str | None:
         return path if path is None or "://" in path else os.path.abspath(path)
 
-    return dataclasses.replace(
-        cfg,
+    return cfg.replace(
         data=cfg.data.replace(shards=fix(cfg.data.shards), vae_dir=fix(cfg.data.vae_dir)),
-        checkpoint=dataclasses.replace(cfg.checkpoint, resume_from=fix(cfg.checkpoint.resume_from)),
-        cluster=dataclasses.replace(cfg.cluster, storage_path=fix(cfg.cluster.storage_path)),
+        checkpoint=cfg.checkpoint.replace(resume_from=fix(cfg.checkpoint.resume_from)),
+        cluster=cfg.cluster.replace(storage_path=fix(cfg.cluster.storage_path)),
     )
 
 
@@ -241,7 +239,7 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
     last = checkpoint.resolve_checkpoint(run["run_uri"], endpoint)
     export = None
     if cfg.checkpoint.export and last:
-        export = export_run(last, run["run_uri"], endpoint)
+        export = export_run(last, run, endpoint, name=cfg.run_name())
         log.info("exported weights to %s", export)
     return TrainResult(
         run_uri=run["run_uri"],
@@ -265,15 +263,32 @@ def mark_failed(run: dict[str, Any]) -> None:
         log.warning("MLflow: could not mark run %s failed (%s)", run["mlflow_run_id"], exc)
 
 
-def export_run(ckpt: str, run_uri: str, endpoint: str | None) -> str:
-    """Export ``ckpt`` to ``{run_uri}/export`` (staged locally, then copied when remote)."""
+def export_run(ckpt: str, run: dict[str, Any], endpoint: str | None, *, name: str) -> str:
+    """Export ``ckpt`` to ``{run_uri}/export`` (staged locally, then copied when remote) and
+    log it to the run's MLflow run as a model registered under ``name``."""
+    run_uri = run["run_uri"]
     fs, run_path = storage.resolve(run_uri, endpoint)
     if fs.type_name == "local":
-        return str(
-            checkpoint.export_weights(ckpt, Path(run_path) / "export", endpoint_url=endpoint)
-        )
+        out = checkpoint.export_weights(ckpt, Path(run_path) / "export", endpoint_url=endpoint)
+        register_export(out, run, name)
+        return str(out)
     with tempfile.TemporaryDirectory() as tmp:
         out = checkpoint.export_weights(ckpt, Path(tmp) / "export", endpoint_url=endpoint)
         names = sorted(p.name for p in out.iterdir())
         storage.upload_files(out, fs, f"{run_path}/export", names, last="export.json")
+        register_export(out, run, name)
     return f"{run_uri}/export"
+
+
+def register_export(out: Path, run: dict[str, Any], name: str) -> None:
+    """Log the export as an MLflow model of the run, registered as ``name`` (if tracked)."""
+    if not run.get("mlflow_run_id"):
+        return
+    from flowception.cluster.registry import log_exported_model
+
+    try:
+        log_exported_model(out, run_id=run["mlflow_run_id"], tracking_uri=run["mlflow_uri"],
+                           name=name)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the weights are exported; say what is missing
+        log.warning("MLflow: export %s not logged as a model (%s); log it again with "
+                    "cluster.registry.log_exported_model", out, exc)  # fmt: skip

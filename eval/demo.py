@@ -50,11 +50,6 @@ class DemoPlan:
                    sample_videos=8, checkpoint_every=500)  # fmt: skip
 
 
-def _stage(k: int, text: str) -> float:
-    print(f"\n[{k}/8] {text}", flush=True)
-    return time.perf_counter()
-
-
 def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
     """[1] shards with the project's own writer (the same as ``flowception data make-shards``)."""
     from flowception.eval.cli import main as cli
@@ -168,75 +163,89 @@ def loss_curves(uri: str, run_id: str, out: Path) -> Path | None:
     return path
 
 
-def run_demo(out: Path, *, quick: bool = False, steps: int | None = None) -> dict:
-    """Run every stage; returns the summary that is printed and written to ``summary.json``."""
+def run_demo(
+    out: Path, *, quick: bool = False, steps: int | None = None, verbose: bool = False
+) -> dict:
+    """Run every stage; returns the summary that is printed and written to ``summary.json``.
+
+    The terminal shows the eight stages, progress bars and the summary; everything else
+    (Ray, the workers, Ray Data) goes to ``{out}/demo.log`` unless ``verbose``.
+    """
     from flowception.cluster.launch import launch
     from flowception.cluster.mlflow_server import mlflow_server
     from flowception.cluster.ray_session import ray_session
+    from flowception.eval.console import QuietConsole
     from flowception.eval.job import load_job_config, run_eval
 
     plan = DemoPlan.make(quick, steps)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    t_start = _stage(1, "data: variable-length Moving MNIST + real-clip shards")
-    data = make_data(out / "data", plan)
-    _stage(2, "assets: Kinetics-400 I3D weights")
-    i3d = i3d_weights(out / "assets")
-    _stage(3, "services: local MLflow server (SQLite) and local Ray")
-    summary: dict = {"out": str(out)}
-    with mlflow_server(out / "mlflow") as uri, ray_session(2, address="local"):
-        try:
-            _stage(4, f"training: {plan.steps} steps, 2 Ray Train workers, DeepSpeed ZeRO-2")
-            cfg = train_config(data, out, plan, uri)
-            result = launch(cfg)
-            if not result.export or not result.checkpoint:
-                raise RuntimeError(f"training left no checkpoint under {result.run_uri}")
-            summary.update(run_uri=result.run_uri, checkpoint=result.checkpoint, export=result.export,
-                           mlflow_run_id=result.mlflow_run_id, train_seconds=round(result.seconds, 1))  # fmt: skip
-            _stage(5, "samples: image-to-video and unconditional, varied lengths")
-            summary["sample_lengths"] = samples(
-                result.export, data, out, plan, uri, result.mlflow_run_id
-            )
-            _stage(6, "evaluation: FVD (real I3D), VBench-style metrics, length law")
-            job = load_job_config(result.checkpoint, [
-                f"eval.detector={i3d}", "eval.protocol.name=fvd_demo_10f", "eval.protocol.num_frames=10",
-                f"num_videos={plan.eval_videos}", "batch_size=4", f"shards={data['test']}",
-                f"output_dir={out / 'eval'}", f"tracking_uri={uri}",
-            ])  # fmt: skip
-            ev = run_eval(job)
-            summary["eval"] = ev.metrics
-            summary["eval_dir"] = str(ev.output_dir)
-            _stage(7, "plots: loss curves")
-            if result.mlflow_run_id:
-                summary["loss_curves"] = str(loss_curves(uri, result.mlflow_run_id, out))
-        finally:
-            _stage(8, "stopping Ray and the MLflow server")
-    summary["seconds"] = round(time.perf_counter() - t_start, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    _print_summary(summary, out)
+    summary: dict = {"out": str(out), "log": str(out / "demo.log")}
+    with QuietConsole(out / "demo.log", enabled=not verbose) as con:
+        t_start = con.stage(1, 8, "data: variable-length Moving MNIST + real-clip shards")
+        data = make_data(out / "data", plan)
+        con.stage(2, 8, "assets: Kinetics-400 I3D weights")
+        i3d = i3d_weights(out / "assets")
+        con.stage(3, 8, "services: local MLflow server (SQLite) and local Ray")
+        with mlflow_server(out / "mlflow") as uri, ray_session(2, address="local"):
+            try:
+                con.stage(4, 8, f"training: {plan.steps} steps, 2 Ray Train workers, ZeRO-2")
+                cfg = train_config(data, out, plan, uri)
+                with con.follow_steps(plan.steps):
+                    result = launch(cfg)
+                if not result.export or not result.checkpoint:
+                    raise RuntimeError(f"training left no checkpoint under {result.run_uri}")
+                summary.update(run_uri=result.run_uri, checkpoint=result.checkpoint, export=result.export,
+                               mlflow_run_id=result.mlflow_run_id, train_seconds=round(result.seconds, 1))  # fmt: skip
+                con.stage(5, 8, "samples: image-to-video and unconditional, varied lengths")
+                summary["sample_lengths"] = samples(
+                    result.export, data, out, plan, uri, result.mlflow_run_id
+                )
+                con.stage(6, 8, "evaluation: FVD (real I3D), VBench-style metrics, length law")
+                job = load_job_config(result.checkpoint, [
+                    f"eval.detector={i3d}", "eval.protocol.num_frames=10",
+                    f"num_videos={plan.eval_videos}", "batch_size=4", f"shards={data['test']}",
+                    f"output_dir={out / 'eval'}", f"tracking_uri={uri}",
+                ])  # fmt: skip
+                ev = run_eval(job)
+                summary["eval"] = ev.metrics
+                summary["eval_dir"] = str(ev.output_dir)
+                con.stage(7, 8, "plots: loss curves")
+                if result.mlflow_run_id:
+                    summary["loss_curves"] = str(loss_curves(uri, result.mlflow_run_id, out))
+            finally:
+                con.stage(8, 8, "stopping Ray and the MLflow server")
+        summary["seconds"] = round(time.perf_counter() - t_start, 1)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        for line in summary_lines(summary, out):
+            con.say(line)
     return summary
 
 
-def _print_summary(s: dict, out: Path) -> None:
+def summary_lines(s: dict, out: Path) -> list[str]:
+    """The closing summary: time, every metric read against the real data, where to look."""
+    from flowception.eval.console import compare_with_reference
+
     ev = s.get("eval", {})
-    print("\n" + "=" * 72)
-    print(
-        f"Flowception demo finished in {s['seconds']:.0f} s (training {s.get('train_seconds')} s)"
+    lines = ["", "=" * 72,
+             f"Flowception demo finished in {s['seconds']:.0f} s (training {s.get('train_seconds')} s)",
+             "How the model compares with the real data (same protocol, same clip counts):"]  # fmt: skip
+    lines += [f"  - {line}" for line in compare_with_reference(ev)]
+    lines.append(f"  sample lengths: {s.get('sample_lengths')}")
+    lines.append(
+        f"Outputs:      {out}  (samples/*/frame_grid.png, eval/, loss_curves.png, summary.json)"
     )
-    for name in ("fvd_demo_10f", "length/mean_generated", "length/mean_data", "length/wasserstein",
-                 "vbench/temporal_flickering", "vbench/motion_smoothness", "vbench/dynamic_degree",
-                 "vbench/subject_consistency"):  # fmt: skip
-        if name in ev:
-            print(f"  {name:32s} {ev[name]:.4g}")
-    print(f"  sample lengths                   {s.get('sample_lengths')}")
-    print(f"Outputs:      {out}  (samples/, eval/, loss_curves.png, summary.json)")
-    print("MLflow UI:    flowception mlflow-server --root " + str(out / "mlflow") + " --port 5000")
-    print("              then open http://127.0.0.1:5000 (experiment 'flowception-demo')")
-    print("=" * 72)
+    lines.append(f"Full log:     {s['log']}")
+    lines.append(
+        "MLflow UI:    flowception mlflow-server --root " + str(out / "mlflow") + " --port 5000"
+    )
+    lines.append("              then open http://127.0.0.1:5000 (experiment 'flowception-demo')")
+    lines.append("=" * 72)
+    return lines
 
 
 def _demo(args: argparse.Namespace) -> int:
-    run_demo(Path(args.out), quick=args.quick, steps=args.steps)
+    run_demo(Path(args.out), quick=args.quick, steps=args.steps, verbose=args.verbose)
     return 0
 
 
@@ -250,5 +259,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes: under 5 minutes")
     p.add_argument(
         "--steps", type=int, default=None, help="training steps (default 2000, quick 30)"
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="print every log line (default: {out}/demo.log)"
     )
     p.set_defaults(func=_demo)

@@ -41,20 +41,29 @@ def register(subparsers: Any) -> None:
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
 
     make = sub.add_parser("make-shards", help="write WebDataset video shards + index.json")
-    make.add_argument("source", choices=["moving-mnist", "folder"])
+    make.add_argument(
+        "source",
+        choices=["moving-mnist", "folder"],
+        help="what to write: Moving MNIST (real MNIST digits) or a folder of videos",
+    )
     make.add_argument("--out", required=True, help="directory or s3://bucket/prefix")
     make.add_argument("--size", type=int, default=64, help="frame side H = W")
-    make.add_argument("--max-shard-mb", type=float, default=64.0)
+    make.add_argument("--max-shard-mb", type=float, default=64.0, help="shard size cap in MB")
     make.add_argument("--max-samples", type=int, default=1000, help="samples per shard at most")
     make.add_argument("--s3-endpoint", default=None, help="S3 endpoint (else AWS_ENDPOINT_URL)")
     mnist = make.add_argument_group("moving-mnist")
-    mnist.add_argument("--split", choices=["train", "test"], default="train")
-    mnist.add_argument("--num-videos", type=int, default=1000)
+    mnist.add_argument(
+        "--split",
+        choices=["train", "test"],
+        default="train",
+        help="MNIST split the digits come from",
+    )
+    mnist.add_argument("--num-videos", type=int, default=1000, help="videos to write")
     mnist.add_argument("--min-frames", type=int, default=8, help="shortest video")
     mnist.add_argument("--max-frames", type=int, default=20, help="longest video")
-    mnist.add_argument("--digits", type=int, default=2)
-    mnist.add_argument("--fps", type=float, default=10.0)
-    mnist.add_argument("--seed", type=int, default=0)
+    mnist.add_argument("--digits", type=int, default=2, help="moving digits per video")
+    mnist.add_argument("--fps", type=float, default=10.0, help="frame rate stored in the MP4s")
+    mnist.add_argument("--seed", type=int, default=0, help="seed of digits, paths and lengths")
     folder = make.add_argument_group("folder")
     folder.add_argument("--folder", help="directory of videos (searched recursively)")
     folder.add_argument("--window", type=int, default=16, help="frames per clip")
@@ -64,11 +73,11 @@ def register(subparsers: Any) -> None:
 
     check = sub.add_parser("check", help="count samples and bad samples by reason")
     check.add_argument("--shards", required=True, help="directory or s3://bucket/prefix")
-    check.add_argument("--size", type=int, default=64)
-    check.add_argument("--channels", type=int, choices=[1, 3], default=3)
-    check.add_argument("--num-frames", type=int, default=16)
-    check.add_argument("--min-frames", type=int, default=2)
-    check.add_argument("--s3-endpoint", default=None)
+    check.add_argument("--size", type=int, default=64, help="frame side the reader resizes to")
+    check.add_argument("--channels", type=int, choices=[1, 3], default=3, help="1 grayscale, 3 RGB")
+    check.add_argument("--num-frames", type=int, default=16, help="frames per clip at most")
+    check.add_argument("--min-frames", type=int, default=2, help="shorter clips count as too_short")
+    check.add_argument("--s3-endpoint", default=None, help="S3 endpoint (else AWS_ENDPOINT_URL)")
     check.set_defaults(func=check_shards)
 
     enc = sub.add_parser(
