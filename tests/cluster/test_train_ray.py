@@ -1,13 +1,20 @@
 """End to end on the real components: 2 Ray Train workers, DeepSpeed ZeRO-2 over gloo,
 checkpoints on the moto S3 server, a loopback MLflow server; a worker killed mid-run;
-a crash mid-save; a new run resumed from a checkpoint. Losses must match exactly.
+the driver killed mid-run; a crash mid-save; a new run resumed from a checkpoint.
+Every logged metric of 30 steps must match the uninterrupted run bit for bit.
 
-Data: 8 shards of 4 four-frame clips and a batch of exactly 4 clips, so one batch is
-one shard and the split between the two workers is the same after any resume.
+Data as it comes: 48 Moving MNIST clips of 2-6 frames (16x16) in 8 shards, with 8 bad
+samples mixed in (undecodable MP4s, samples without a video), frame-budget batches of
+mixed sizes, 5 epochs; the two workers' shares differ in size.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -21,16 +28,29 @@ from flowception.cluster.launch import launch
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 LOGGED = ("loss", "loss_velocity", "loss_insertion", "lr", "grad_norm", "visible_fraction")
+TIMING = {"steps_per_s", "time_per_step_s", "visible_tokens_per_s", "mfu_cpu"}  # wall-clock
+STEPS = 30
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from flowception.pipelines.sources import moving_mnist, write_clips
+    from flowception.pipelines import schema
+    from flowception.pipelines.decode import encode_mp4
+    from flowception.pipelines.shards import ShardWriter
+    from flowception.pipelines.sources import moving_mnist
 
     out = tmp_path_factory.mktemp("shards")
-    write_clips(
-        moving_mnist(32, size=32, min_frames=4, max_frames=4, seed=0), str(out), max_samples=4
-    )
+    with ShardWriter(str(out), max_samples=7) as w:
+        for i, clip in enumerate(moving_mnist(48, size=16, min_frames=2, max_frames=6, seed=0)):
+            t, h, wd, _ = clip.frames.shape
+            meta = schema.SampleMeta(clip.fps, t, h, wd, clip.source, label=clip.label)
+            w.add(clip.key, encode_mp4(clip.frames, clip.fps), meta)
+            if i % 6 == 2:  # a bad sample after every 6th good one
+                bad = f"bad_{i:03d}"
+                if i % 12 == 2:
+                    w.add(bad, b"\x00not an mp4" * 50, meta)
+                else:
+                    w.add_members(bad, [(schema.member_name(bad, "json"), meta.to_json())])
     return out
 
 
@@ -46,34 +66,38 @@ def services(s3_endpoint, mlflow_server, ray_local):
 
 def _cfg(shards, services, name: str, storage: str, *extra: str):
     return load_config(
-        ROOT / "configs/demo-cpu.yaml",
-        [
-            f"data.shards={shards}",
-            "data.num_frames=4",
-            "data.frame_budget=16",
-            "data.max_batch_size=4",
-            "data.epochs=4",
-            "data.clip_start=first",
-            "steps=6",
-            "optim.warmup_steps=3",
-            "checkpoint.every_steps=3",
-            "checkpoint.keep=null",
-            "tracking.log_every=1",
-            "tracking.sample_every=6",
-            "tracking.num_samples=1",
-            "tracking.sample_steps=4",
-            "method.max_frames=6",
-            f"tracking.tracking_uri={services['mlflow']}",
-            "tracking.experiment=test-train",
-            "cluster.num_workers=2",
-            "cluster.cpus_per_worker=0.5",
-            "cluster.max_failures=1",
-            "deepspeed.zero_stage=2",
-            f"cluster.storage_path={storage}",
-            f"cluster.name={name}",
-            *extra,
-        ],
+        ROOT / "configs/demo-cpu.yaml", _overrides(shards, services, name, storage, *extra)
     )
+
+
+def _overrides(shards, services, name: str, storage: str, *extra: str) -> list[str]:
+    return [
+        f"data.shards={shards}",
+        "data.size=16",
+        "model.frame_size=[16, 16]",
+        "data.num_frames=6",
+        "data.frame_budget=12",
+        "data.max_batch_size=4",
+        "data.epochs=5",
+        f"steps={STEPS}",
+        "optim.warmup_steps=3",
+        "checkpoint.every_steps=10",
+        "checkpoint.keep=null",
+        "tracking.log_every=1",
+        f"tracking.sample_every={STEPS}",
+        "tracking.num_samples=1",
+        "tracking.sample_steps=4",
+        "method.max_frames=6",
+        f"tracking.tracking_uri={services['mlflow']}",
+        "tracking.experiment=test-train",
+        "cluster.num_workers=2",
+        "cluster.cpus_per_worker=0.5",
+        "cluster.max_failures=1",
+        "deepspeed.zero_stage=2",
+        f"cluster.storage_path={storage}",
+        f"cluster.name={name}",
+        *extra,
+    ]
 
 
 def _history(services, run_id: str, key: str) -> dict[int, float]:
@@ -82,6 +106,24 @@ def _history(services, run_id: str, key: str) -> dict[int, float]:
     client = mlflow.MlflowClient(services["mlflow"])
     rows = sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
     return {m.step: m.value for m in rows}  # a restarted step keeps its last value
+
+
+def _same_metrics(services, a_id: str, b_id: str) -> None:
+    """Every metric the uninterrupted run logged (but wall-clock rates), bit for bit."""
+    import mlflow
+
+    client = mlflow.MlflowClient(services["mlflow"])
+    # train_flops counts FLOPs since the worker process started (cluster/train_loop.py), so
+    # it restarts with the workers: not comparable across a resume until it is checkpointed
+    keys = set(client.get_run(a_id).data.metrics) - TIMING - {"train_flops"}
+    assert keys == set(client.get_run(b_id).data.metrics) - TIMING - {"train_flops"}
+    assert {"loss", "data/skipped/bad_video", "data/skipped/missing_video", "epoch"} <= keys
+    differ = {}
+    for key in sorted(keys):
+        a, b = _history(services, a_id, key), _history(services, b_id, key)
+        if a != b:
+            differ[key] = sorted(s for s in a.keys() | b.keys() if a.get(s) != b.get(s))
+    assert not differ, differ  # metric -> steps that differ
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +144,9 @@ def test_zero2_run_on_s3_logs_to_mlflow(run_a, services):
     cfg, result = run_a
     assert result.run_uri == f"{services['bucket']}/runs/a"
     steps = [s for s, _ in checkpoint.list_checkpoints(result.run_uri, services["s3"])]
-    assert steps == [3, 6]
-    assert result.checkpoint == f"{result.run_uri}/step_0000006"
-    assert result.metrics["step"] == 6
+    assert steps == [10, 20, 30]
+    assert result.checkpoint == f"{result.run_uri}/step_0000030"
+    assert result.metrics["step"] == STEPS
 
     client = mlflow.MlflowClient(services["mlflow"])
     run = client.get_run(result.mlflow_run_id)
@@ -114,7 +156,7 @@ def test_zero2_run_on_s3_logs_to_mlflow(run_a, services):
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
     for key in (*LOGGED, "visible_tokens_per_s", "mfu_cpu"):
         history = _history(services, result.mlflow_run_id, key)
-        assert sorted(history) == [1, 2, 3, 4, 5, 6], key
+        assert sorted(history) == list(range(1, STEPS + 1)), key
         assert all(v == v for v in history.values()), key  # finite, not NaN
     lr = _history(services, result.mlflow_run_id, "lr")
     assert lr[1] < lr[2] < lr[3]  # warmup
@@ -122,7 +164,7 @@ def test_zero2_run_on_s3_logs_to_mlflow(run_a, services):
     assert _history(services, result.mlflow_run_id, "mfu_cpu")[3] > 0
     calibration = _history(services, result.mlflow_run_id, "diag/rate_calibration")
     assert calibration and all(0 < v < 10 for v in calibration.values())
-    samples = client.list_artifacts(result.mlflow_run_id, "samples/step_0000006")
+    samples = client.list_artifacts(result.mlflow_run_id, "samples/step_0000030")
     assert [f.path.rsplit("/", 1)[1] for f in samples] == ["sample_0.gif"]
     assert samples[0].file_size > 0
 
@@ -149,26 +191,64 @@ def test_export_loads_for_inference(run_a, services, tmp_path):
         generator=torch.Generator().manual_seed(0),
         num_steps=2,
     )
-    assert out.videos[0].shape[1:] == (1, 32, 32)
+    assert out.videos[0].shape[1:] == (1, 16, 16)
     with pytest.raises(ValueError, match="width: 32 != 64"):
         checkpoint.load_inference_model(
             result.export,
-            expected=model_config("tiny", frame_size=(32, 32), width=64),
+            expected=model_config("tiny", frame_size=(16, 16), width=64),
             endpoint_url=services["s3"],
         )
 
 
-def test_killed_worker_resumes_with_the_same_losses(run_a, shards, services, tmp_path):
+def test_bad_samples_are_counted_per_epoch_and_in_the_summary(run_a, services):
+    _, a = run_a
+    assert a.metrics["data/skipped/bad_video"] > 0 and a.metrics["data/skipped/missing_video"] > 0
+    assert a.metrics["data/skipped"] == (
+        a.metrics["data/skipped/bad_video"] + a.metrics["data/skipped/missing_video"]
+    )
+    per_epoch = _history(services, a.mlflow_run_id, "data/epoch/ok")
+    assert per_epoch and all(v == 48 for v in per_epoch.values())  # every good clip, once
+    bad = _history(services, a.mlflow_run_id, "data/epoch/bad_video")
+    missing = _history(services, a.mlflow_run_id, "data/epoch/missing_video")
+    assert all(bad[e] + missing[e] == 8 for e in per_epoch)
+
+
+def test_killed_worker_resumes_with_the_same_metrics(run_a, shards, services, tmp_path):
     _, a = run_a
     marker = tmp_path / "fault-fired"
     cfg = _cfg(shards, services, "b", str(tmp_path / "runs"))
-    b = launch(cfg, worker_env={"FLOWCEPTION_FAULT": f"step:5:1:{marker}"})
-    assert marker.exists()  # rank 1 really died after step 5
-    assert [s for s, _ in checkpoint.list_checkpoints(b.run_uri)] == [3, 6]
-    for key in LOGGED:
-        assert _history(services, b.mlflow_run_id, key) == _history(
-            services, a.mlflow_run_id, key
-        ), key
+    b = launch(cfg, worker_env={"FLOWCEPTION_FAULT": f"step:15:1:{marker}"})
+    assert marker.exists()  # rank 1 really died after step 15
+    assert [s for s, _ in checkpoint.list_checkpoints(b.run_uri)] == [10, 20, 30]
+    _same_metrics(services, a.mlflow_run_id, b.mlflow_run_id)
+
+
+def test_killed_driver_resumes_with_the_same_metrics(run_a, shards, services, tmp_path):
+    """The driver is SIGKILLed after the step-10 checkpoint; the same command continues."""
+    import ray
+
+    _, a = run_a
+    runs = tmp_path / "runs"
+    args = _overrides(shards, services, "d", str(runs))
+    code = (
+        "import sys; from flowception.cluster.config import load_config; "
+        "from flowception.cluster.launch import launch; "
+        f"launch(load_config({str(ROOT / 'configs/demo-cpu.yaml')!r}, sys.argv[1:]))"
+    )
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-c", code, *args], env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while not (runs / "d" / "step_0000010" / checkpoint.MANIFEST).exists():
+            assert driver.poll() is None and time.monotonic() < deadline, "no step 10"
+            time.sleep(0.5)
+        time.sleep(3)  # a few steps further
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    d = launch(_cfg(shards, services, "d", str(runs)))
+    assert [s for s, _ in checkpoint.list_checkpoints(d.run_uri)][-1] == STEPS
+    _same_metrics(services, a.mlflow_run_id, d.mlflow_run_id)
 
 
 def test_resume_from_checkpoint_with_crash_mid_save(run_a, shards, services, tmp_path):
@@ -179,16 +259,16 @@ def test_resume_from_checkpoint_with_crash_mid_save(run_a, shards, services, tmp
         services,
         "c",
         str(tmp_path / "runs"),
-        f"checkpoint.resume_from={a.run_uri}/step_0000003",
+        f"checkpoint.resume_from={a.run_uri}/step_0000020",
     )
-    c = launch(cfg, worker_env={"FLOWCEPTION_FAULT": f"save:6:0:{marker}"})
-    assert marker.exists()  # rank 0 died while writing step 6: it never looked complete,
-    # the restart resumed from run a's step 3 again and wrote step 6 whole
-    assert [s for s, _ in checkpoint.list_checkpoints(c.run_uri)] == [6]
+    c = launch(cfg, worker_env={"FLOWCEPTION_FAULT": f"save:30:0:{marker}"})
+    assert marker.exists()  # rank 0 died while writing step 30: it never looked complete,
+    # the restart resumed from run a's step 20 again and wrote step 30 whole
+    assert [s for s, _ in checkpoint.list_checkpoints(c.run_uri)] == [30]
     a_loss = _history(services, a.mlflow_run_id, "loss")
     c_loss = _history(services, c.mlflow_run_id, "loss")
-    assert sorted(c_loss) == [4, 5, 6]
-    assert c_loss == {s: a_loss[s] for s in (4, 5, 6)}
+    assert sorted(c_loss) == list(range(21, 31))
+    assert c_loss == {s: a_loss[s] for s in range(21, 31)}
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(shards, services, tmp_path):
@@ -208,6 +288,38 @@ def test_non_finite_loss_stops_the_run_naming_the_step(shards, services, tmp_pat
         filter_string="attributes.run_name = 'nan'",
     )
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_too_little_usable_data_fails_with_the_counts(shards, services, tmp_path):
+    import ray.train
+
+    cfg = _cfg(
+        shards, services, "unusable", str(tmp_path / "runs"), "data.min_usable_fraction=0.9",
+        "cluster.max_failures=0", "tracking.sample_every=0",
+    )  # fmt: skip
+    with pytest.raises(ray.train.TrainingFailedError) as err:
+        launch(cfg)
+    text = str(err.value) + "".join(str(a) for a in getattr(err.value, "args", ()))
+    assert "epoch 0 had 48 good samples of 56" in text and "min_usable_fraction=0.9" in text
+    assert "'bad_video': 4" in text and "'missing_video': 4" in text
+
+
+def test_data_without_a_single_good_sample_fails(services, tmp_path):
+    import ray.train
+
+    from flowception.pipelines.shards import ShardWriter
+
+    bad = tmp_path / "bad"
+    with ShardWriter(str(bad)) as w:
+        for i in range(3):
+            w.add_members(f"x{i}", [(f"x{i}.json", b"{}"), (f"x{i}.mp4", b"junk")])
+    cfg = _cfg(
+        bad, services, "nodata", str(tmp_path / "runs"), "data.min_usable_fraction=0",
+        "cluster.max_failures=0", "tracking.sample_every=0",
+    )  # fmt: skip
+    with pytest.raises(ray.train.TrainingFailedError, match="yielded no batch") as err:
+        launch(cfg)
+    assert "'data/skipped/bad_json': 15.0" in str(err.value)  # 3 samples x 5 epochs
 
 
 def test_sweep_evaluates_each_checkpoint_once(run_a, services, i3d_weights, tmp_path):
