@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 STEPS = 4
 TIMING = {"steps_per_s", "time_per_step_s", "visible_tokens_per_s", "mfu_cpu", "train_flops"}
-# train_flops counts since the worker started (a restarted worker starts again at 0)
+# train_flops: a cumulative count whose resume is tested with pixels (tests/cluster/test_train_ray.py)
 
 
 def _pixels(out: Path, n: int, seed: int) -> Path:
