@@ -110,8 +110,10 @@ def write_manifest(
     cfg: TrainConfig,
     step: int,
     world_size: int,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``manifest.json`` listing ``files``: every rank's ``describe_staged``."""
+    """Write ``manifest.json`` listing ``files``: every rank's ``describe_staged``; ``extra``
+    (the run's cumulative ``train_flops``) is stored beside them for the resume."""
     manifest = {
         "format": FORMAT,
         "step": step,
@@ -120,6 +122,7 @@ def write_manifest(
         "config_hash": cfg.hash(),
         "time": time.time(),
         "files": dict(sorted(files.items())),
+        **(extra or {}),
     }
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=1))
 

@@ -11,6 +11,7 @@ the same batches and draws the same noise as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
@@ -182,6 +183,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + rank)
     step = 0
+    flops_total = 0.0  # training FLOPs of the whole run (continued from the checkpoint)
     if ckpt:
         scratch = Path(tempfile.mkdtemp(prefix="flowception-resume-"))
         try:  # the downloaded copy goes whether the restore works or not
@@ -189,6 +191,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             step, rng, _ = checkpoint.restore_rank(
                 engine, ema=ema, local_dir=local, rank=rank, world_size=world
             )
+            manifest = json.loads((local / checkpoint.MANIFEST).read_text())
+            flops_total = float(manifest.get("train_flops", 0.0))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if rng is not None:
@@ -216,7 +220,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     peak = torch.tensor([0.0 if cfg.cluster.use_gpu else gemm_rate()], dtype=torch.float64)
     dist.all_reduce(peak := peak.to(device))
     logged: set[int] = set()  # epochs whose data counts went to MLflow
-    flops_total = 0.0  # training FLOPs of the packed batches since this worker started
     for batch in synced(stream, device) if step < cfg.steps else ():
         labels = batch.labels.to(device) if cfg.model.num_classes else None
         out = training_step(
@@ -254,6 +257,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         engine.step()
         micro += 1
         window += sums
+        flops_total += sums[6].item()
         for key in DIAGNOSTICS.keys() & out.stats.keys():
             diag_sums[key] = diag_sums.get(key, 0.0) + out.stats[key]
             diag_counts[key] = diag_counts.get(key, 0) + 1
@@ -282,7 +286,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "epoch": float(batch.epoch),
                 "time_per_step_s": dt / max(steps_window, 1),
             }
-            flops_total += window[6].item()
             last["train_flops"] = flops_total
             if peak.item() > 0:
                 last["mfu_cpu"] = window[6].item() / dt / peak.item()
@@ -308,7 +311,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         # [4] checkpoint + report (every rank writes its shard; manifest from rank 0)
         if step % cfg.checkpoint.every_steps == 0 or step == cfg.steps:
-            _save_and_report(cfg, engine, ema, stream, generator, step, rank, world, last)
+            _save_and_report(cfg, engine, ema, stream, generator, step, rank, world, last,
+                             flops_total)  # fmt: skip
         if step >= cfg.steps:
             break
 
@@ -322,7 +326,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "data ran out at step %d of %d (data.epochs=%d)", step, cfg.steps, cfg.data.epochs
         )
     if step % cfg.checkpoint.every_steps and step != cfg.steps:
-        _save_and_report(cfg, engine, ema, stream, generator, step, rank, world, last)
+        _save_and_report(cfg, engine, ema, stream, generator, step, rank, world, last,
+                         flops_total)  # fmt: skip
     if tracker:
         tracker.close(run_uri=run["run_uri"], endpoint_url=endpoint)  # FINISHED once all arrived
 
@@ -337,6 +342,7 @@ def _save_and_report(
     rank: int,
     world: int,
     metrics: dict[str, float],
+    flops_total: float,
 ) -> None:
     """Stage this rank's files, agree on the manifest, rename, report (upload)."""
     import ray.train
@@ -358,7 +364,8 @@ def _save_and_report(
         merged: dict[str, Any] = {}
         for part in reversed(everyone):  # rank 0's copy wins for shared names
             merged.update(part)
-        checkpoint.write_manifest(staged, merged, cfg=cfg, step=step, world_size=world)
+        checkpoint.write_manifest(staged, merged, cfg=cfg, step=step, world_size=world,
+                                  extra={"train_flops": flops_total})  # fmt: skip
     final = checkpoint.finalize_local(staged)
     if rank != 0:  # a name every rank writes (DeepSpeed's "latest") is uploaded by rank 0 only
         for name in everyone[0]:
