@@ -239,7 +239,7 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
     last = checkpoint.resolve_checkpoint(run["run_uri"], endpoint)
     export = None
     if cfg.checkpoint.export and last:
-        export = export_run(last, run, endpoint, name=cfg.run_name())
+        export = export_run(last, run, endpoint, name=cfg.tracking.run_name or cfg.run_name())
         log.info("exported weights to %s", export)
     return TrainResult(
         run_uri=run["run_uri"],

@@ -41,7 +41,15 @@ def test_local_head_listens_on_loopback_only(ray_local):
     raylet, object manager, dashboard and its agents, runtime-env agent and workers)."""
     import psutil
 
-    ray_pids = {p.pid for p in psutil.Process().children(recursive=True)}
+    # this session's Ray processes only (other fixtures' servers are children of pytest too)
+    session = ray_local._private.worker._global_node.get_session_dir_path()
+    ray_pids = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if session in " ".join(p.cmdline()):
+                ray_pids.add(p.pid)
+        except psutil.Error:
+            continue
     listening = [
         (c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name())
         for c in psutil.net_connections("inet")

@@ -15,6 +15,13 @@ from flowception.cluster.tracking import Spool, Tracker, create_run
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _no_system_metrics(monkeypatch):
+    """These tests count the rows they log; system metrics (tested in test_tracking) would
+    add a sample to the first row."""
+    monkeypatch.setattr(tracking, "system_metrics", lambda: {})
+
+
 def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     import mlflow
 

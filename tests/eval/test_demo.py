@@ -69,6 +69,16 @@ def test_quick_demo_end_to_end(tmp_path):
         children = client.search_runs([run.info.experiment_id],
                                       filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")  # fmt: skip
         assert [c.data.tags["flowception.eval_status"] for c in children] == ["done"]
+        # What the MLflow UI shows for the demo run: the commit, system metrics, and the
+        # exported model registered under the run's name, tied to its eval run.
+        import subprocess as sp
+
+        head = sp.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
+        assert "system/cpu_utilization_percentage" in metrics
+        (version,) = client.search_model_versions(f"run_id='{run.info.run_id}'")
+        assert version.name == run.info.run_name
+        assert children[0].data.tags["flowception.model_version"] == str(version.version)
 
     # the EMA weights that samples and eval use were trained (not the zero-initialised heads)
     from safetensors.torch import load_file
