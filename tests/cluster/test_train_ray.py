@@ -340,10 +340,10 @@ def test_sweep_evaluates_each_checkpoint_once(run_a, services, i3d_weights, tmp_
         f"endpoint_url={services['s3']}", "sampler.num_steps=3",
     ]  # fmt: skip
     first = run_sweep(result.run_uri, overrides)
-    assert [r.step for r in first] == [3, 6]
+    assert [r.step for r in first] == [10, 20, 30]
     assert all("length/mean_generated" in r.metrics for r in first)
     assert run_sweep(result.run_uri, overrides) == []
 
     client = mlflow.MlflowClient(services["mlflow"])
     history = client.get_metric_history(result.mlflow_run_id, "eval/length/mean_generated")
-    assert sorted(m.step for m in history) == [3, 6]
+    assert sorted(m.step for m in history) == [10, 20, 30]
