@@ -127,6 +127,21 @@ def _quick_http() -> None:
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
+def _experiment_id(client: Any, name: str, tries: int = 4) -> str:
+    """The experiment's id (created if new). A server that answers but slowly (a fresh one
+    migrating its database on a loaded machine) gets ``tries`` read timeouts; a refused
+    connection fails at once."""
+    for attempt in range(tries):
+        try:
+            exp = client.get_experiment_by_name(name)
+            return exp.experiment_id if exp else client.create_experiment(name)
+        except Exception as exc:
+            if "timed out" not in str(exc).lower() or attempt + 1 == tries:
+                raise
+            log.info("MLflow is slow to answer (%d/%d); asking again", attempt + 1, tries)
+    raise AssertionError("unreachable")
+
+
 def create_run(cfg: TrainConfig, uri: str, *, tags: dict[str, str]) -> str | None:
     """Create the MLflow run with params and tags; ``None`` (and a warning) if unreachable."""
     import mlflow
@@ -135,8 +150,7 @@ def create_run(cfg: TrainConfig, uri: str, *, tags: dict[str, str]) -> str | Non
     _quick_http()
     client = mlflow.MlflowClient(tracking_uri=uri)
     try:
-        exp = client.get_experiment_by_name(cfg.tracking.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment)
+        exp_id = _experiment_id(client, cfg.tracking.experiment)
         name = cfg.tracking.run_name or cfg.run_name()
         run = client.create_run(exp_id, run_name=name, tags=tags)
         params = [Param(k, v) for k, v in safe_params(cfg.flat()).items()]
