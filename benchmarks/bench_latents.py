@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.videos or (32 if args.quick else 128)
     repeats = 1 if args.quick else 2
 
-    from flowception.cluster.ray_session import ray_session
+    from flowception.pipelines.ray_session import ray_session
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-latents-"))
     vae = args.vae or save_random_vae(args.vae_kind, str(tmp / "vae"))

@@ -82,7 +82,7 @@ def main() -> int:
     args = parser.parse_args()
     steps = args.steps or (15 if args.quick else 30)
 
-    from flowception.cluster.ray_session import ray_session
+    from flowception.pipelines.ray_session import ray_session
     from flowception.pipelines.sources import moving_mnist, write_clips
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,8 +24,8 @@ from typing import Any
 
 from flowception.cluster import checkpoint, storage
 from flowception.cluster.config import TrainConfig
-from flowception.cluster.ray_session import connect
 from flowception.cluster.tracking import create_run, git_commit, run_exists, tracking_uri
+from flowception.pipelines.ray_session import connect
 from flowception.redact import redact_uri
 
 log = logging.getLogger("flowception.launch")

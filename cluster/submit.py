@@ -422,12 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=["train"])
     p.add_argument("--config-yaml", required=True, help="the resolved config, inline")
     args = p.parse_args(argv)
-    from flowception.eval.cli import main as cli_main
+    from flowception.cluster.cli import _train  # this package's own train command
 
     with tempfile.TemporaryDirectory(prefix="flowception-job-") as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(args.config_yaml)
-        return cli_main(["train", str(path)])
+        return _train(argparse.Namespace(config=str(path), overrides=[], print_config=False))
 
 
 if __name__ == "__main__":

@@ -173,9 +173,9 @@ def run_demo(
     """
     from flowception.cluster.launch import launch
     from flowception.cluster.mlflow_server import mlflow_server
-    from flowception.cluster.ray_session import ray_session
     from flowception.eval.console import QuietConsole
     from flowception.eval.job import load_job_config, run_eval
+    from flowception.pipelines.ray_session import ray_session
 
     plan = DemoPlan.make(quick, steps)
     out = out.resolve()

@@ -150,8 +150,8 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     import ray
 
     from flowception.cluster.checkpoint import load_inference_model
-    from flowception.cluster.ray_session import connect
     from flowception.eval.i3d import load_detector
+    from flowception.pipelines.ray_session import connect
 
     # [0] fail before any work: weights, checkpoint and its config
     load_detector(cfg.eval.detector, sha256=cfg.eval.detector_sha256)

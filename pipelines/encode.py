@@ -307,7 +307,7 @@ def run_encode(
     """
     import ray
 
-    from flowception.cluster.ray_session import connect
+    from flowception.pipelines.ray_session import connect
 
     job = job.absolute()
     shards, done, _ = plan(job)  # fails before Ray is touched

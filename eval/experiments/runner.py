@@ -96,7 +96,7 @@ def services(cfg: ExperimentConfig, *, needs_ray: bool) -> Iterator[str]:
                   f"  flowception mlflow-server --root {root} --port 5000  # then open "
                   "http://127.0.0.1:5000", flush=True)  # fmt: skip
         if needs_ray:
-            from flowception.cluster.ray_session import ray_session
+            from flowception.pipelines.ray_session import ray_session
 
             stack.enter_context(ray_session(2))
         yield uri

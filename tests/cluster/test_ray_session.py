@@ -1,4 +1,4 @@
-"""``cluster.ray_session``: the local head serves the State API and sessions nest."""
+"""``pipelines.ray_session``: the local head serves the State API and sessions nest."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_local_head_serves_the_state_api(ray_local):
 
 
 def test_session_leaves_a_connected_ray_alone(ray_local):
-    from flowception.cluster.ray_session import connect, ray_session
+    from flowception.pipelines.ray_session import connect, ray_session
 
     with ray_session(2):
         assert ray_local.is_initialized()
@@ -23,7 +23,7 @@ def test_session_leaves_a_connected_ray_alone(ray_local):
 
 
 def test_check_pid_max_warns_on_a_low_value(tmp_path, caplog):
-    from flowception.cluster.ray_session import MIN_PID_MAX, check_pid_max
+    from flowception.pipelines.ray_session import MIN_PID_MAX, check_pid_max
 
     low, high = tmp_path / "low", tmp_path / "high"
     low.write_text("32768\n")

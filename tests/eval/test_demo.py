@@ -40,8 +40,12 @@ def test_quick_demo_end_to_end(tmp_path):
     assert f"{fvd_key} = " in proc.stdout
     for key in (fvd_key, "length/wasserstein"):
         assert math.isfinite(ev[key]), key
-    for name in ("temporal_flickering", "subject_consistency"):
-        assert any(k.endswith(name) and math.isfinite(v) for k, v in ev.items()), name
+    assert any(k.endswith("temporal_flickering") and math.isfinite(v) for k, v in ev.items())
+    # subject consistency uses the I3D clip: a 20-step model may generate shorter videos,
+    # which are left out (and counted), never padded
+    subject = next(v for k, v in ev.items() if k.endswith("subject_consistency_i3d")
+                   and not k.startswith("real/"))  # fmt: skip
+    assert math.isfinite(subject) or ev[f"{fvd_key}/skipped_fake"] > 0
     lengths = summary["sample_lengths"]
     assert set(lengths) == {"image_to_video", "unconditional"}
     assert all(2 <= n <= 16 for v in lengths.values() for n in v)
