@@ -256,7 +256,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", default="outputs/demo", help="output folder (data, runs, mlflow, plots)"
     )
-    p.add_argument("--quick", action="store_true", help="tiny sizes: under 5 minutes")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a few minutes (see README)")
     p.add_argument(
         "--steps", type=int, default=None, help="training steps (default 2000, quick 30)"
     )
