@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_demo_end_to_end(tmp_path):
     """The README's demo at --quick size, as a user runs it (own process, own services)."""
     out = tmp_path / "demo"
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()  # the commit the run is made from (taken before it starts)
     proc = subprocess.run(
         [sys.executable, "-m", "flowception.eval.cli", "demo", "--quick", "--out", str(out), "--steps", "20"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
@@ -75,10 +78,7 @@ def test_quick_demo_end_to_end(tmp_path):
         assert [c.data.tags["flowception.eval_status"] for c in children] == ["done"]
         # What the MLflow UI shows for the demo run: the commit, system metrics, and the
         # exported model registered under the run's name, tied to its eval run.
-        import subprocess as sp
-
-        head = sp.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip()
+        assert run.data.tags["mlflow.source.git.commit"] == head
         assert "system/cpu_utilization_percentage" in metrics
         (version,) = client.search_model_versions(f"run_id='{run.info.run_id}'")
         assert version.name == run.info.run_name
