@@ -168,6 +168,14 @@ def read_shard_rows(
 _STR_COLUMNS = {"key", "url", "status", "detail", "shard_issue"}
 
 
+def _decoded(batch: dict, status: list, detail: list, videos: list) -> dict:
+    """The output rows of a decode: the batch's columns, status, detail and the clips."""
+    out = {c: batch[c] for c in COLUMNS[:-1]}
+    out["status"], out["detail"] = np.asarray(status), np.asarray(detail)
+    out["video"] = _column(videos)
+    return out
+
+
 def _column(values: list[Any], name: str = "") -> np.ndarray:
     if name == "mp4" or (values and isinstance(values[0], (bytes, np.ndarray))):
         out = np.empty(len(values), dtype=object)
@@ -224,10 +232,7 @@ def decode_rows(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.n
                     "skip %s %s key=%s: %s", status[i], batch["url"][i], batch["key"][i], detail[i]
                 )
         videos.append(video)
-    out = {c: batch[c] for c in COLUMNS[:-1]}
-    out["status"], out["detail"] = np.asarray(status), np.asarray(detail)
-    out["video"] = _column(videos)
-    return out
+    return _decoded(batch, status, detail, videos)
 
 
 def decode_latent_rows(
@@ -272,10 +277,7 @@ def decode_latent_rows(
                     "skip %s %s key=%s: %s", status[i], batch["url"][i], batch["key"][i], detail[i]
                 )
         clips.append(clip)
-    out = {col: batch[col] for col in COLUMNS[:-1]}
-    out["status"], out["detail"] = np.asarray(status), np.asarray(detail)
-    out["video"] = _column(clips)
-    return out
+    return _decoded(batch, status, detail, clips)
 
 
 def latent_set(cfg: DataConfig) -> schema.LatentSet | None:
