@@ -153,15 +153,16 @@ def make_shards(args: argparse.Namespace) -> int:
 
 
 def check_shards(args: argparse.Namespace) -> int:
-    """``flowception data check``: read every shard in-process, compare it with
-    ``index.json`` (bytes, sha256, sample count), print counts by status.
+    """``flowception data check``: read every shard in-process (pixel or latent shards, as
+    ``index.json`` says), compare it with ``index.json`` (bytes, sha256, sample count),
+    print counts by status.
 
     Exits 1 when no sample is usable or a shard differs from its index entry.
     """
     from tqdm import tqdm
 
     from flowception.pipelines.config import DataConfig
-    from flowception.pipelines.dataset import read_task, shard_list
+    from flowception.pipelines.dataset import latent_set, read_task, shard_list
 
     cfg = DataConfig(
         shards=args.shards,
@@ -176,8 +177,12 @@ def check_shards(args: argparse.Namespace) -> int:
     counts: Counter = Counter()
     problems: list[str] = []
     shards = shard_list(cfg)
+    latent = latent_set(cfg)  # latent shards (index.json's meta) hold .npy, not MP4s
+    if latent is not None:
+        print(f"latent shards: {latent.latent_channels} x {latent.latent_size[0]} x "
+              f"{latent.latent_size[1]} per frame ({args.shards})")  # fmt: skip
     for i, shard in enumerate(tqdm(shards, unit="shard")):
-        rows = read_task(cfg, shards, (0, i, i, ()))
+        rows = read_task(cfg, shards, (0, i, i, ()), latent)
         counts.update(str(s) for s in rows["status"])
         issues = [x for x in rows["shard_issue"] if x]
         if issues:

@@ -163,6 +163,20 @@ def test_encode_job_writes_latent_shards_with_their_index(encoded, vaes, pixels)
         assert js["scaling_factor"] == 0.5 and (js["height"], js["width"]) == (8, 8)
 
 
+def test_data_check_reads_latent_shards(encoded, capsys):
+    """``flowception data check`` knows latent shards from index.json: every encoded clip is
+    ``ok`` (the encoder already left out the bad samples) and every shard matches its index."""
+    from flowception.eval.cli import main
+
+    job, _ = encoded
+    assert main(["data", "check", "--shards", job.out, "--size", "16", "--channels", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "latent shards: 4 x 8 x 8" in out
+    counts = dict(line.split() for line in out.splitlines() if line.startswith(" "))
+    assert counts == {"ok": str(GOOD)}
+    assert "3 shard(s), 0 differ from index.json" in out
+
+
 def test_encode_job_resumes_where_it_stopped(encoded, vaes):
     """A shard whose done record is missing (killed before it) or whose bytes no longer
     match it is encoded again; verified shards are skipped (their bytes untouched); the
