@@ -54,6 +54,9 @@ MANIFEST = "manifest.json"
 EMA_FILE = "ema.safetensors"
 DS_TAG = "ds"
 STEP_RE = re.compile(r"^step_(\d{7,})$")
+UNIVERSAL_DIR = "universal"
+# what ``deepspeed.checkpoint.ds_to_universal`` requires in the client state (no TP/PP here)
+UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}}
 
 
 def step_dir_name(step: int) -> str:
@@ -84,7 +87,8 @@ def stage_rank_files(
     root = Path(tempfile.mkdtemp(prefix=f"flowception-ckpt-r{rank}-"))
     tmp = root / f"{step_dir_name(step)}.partial"
     tmp.mkdir()
-    engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"step": step})
+    # the universal-checkpoint info lets a resize re-partition the ZeRO optimiser state
+    engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"step": step, **UNIVERSAL_INFO})
     safe_io.save_tree(rng, tmp / rng_name(rank))
     (tmp / f"cursor_rank{rank:03d}.json").write_text(json.dumps(cursor))
     if rank == 0:
@@ -120,6 +124,7 @@ def write_manifest(
         "world_size": world_size,
         "zero_stage": cfg.deepspeed.zero_stage,
         "config_hash": cfg.hash(),
+        "universal": True,  # DeepSpeed's universal_checkpoint_info is in ds/ (resizable)
         "time": time.time(),
         "files": dict(sorted(files.items())),
         **(extra or {}),
@@ -244,6 +249,19 @@ def resolve_checkpoint(uri: str, endpoint_url: str | None = None) -> str | None:
     return None
 
 
+def manifest_of(uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """The manifest of the complete checkpoint at ``uri``.
+
+    Raises:
+        FileNotFoundError: no valid manifest there.
+    """
+    fs, path = storage.resolve(uri, endpoint_url)
+    manifest = read_manifest(fs, path)
+    if manifest is None:
+        raise FileNotFoundError(f"{uri}: not a complete checkpoint")
+    return manifest
+
+
 def resume_point(
     run_uri: str, resume_from: str | None, endpoint_url: str | None = None
 ) -> str | None:
@@ -289,9 +307,7 @@ def merged_cursor(uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
     from flowception.pipelines.batching import DataCursor
 
     fs, path = storage.resolve(uri, endpoint_url)
-    manifest = read_manifest(fs, path)
-    if manifest is None:
-        raise FileNotFoundError(f"{uri}: not a complete checkpoint")
+    manifest = manifest_of(uri, endpoint_url)
     names = [n for n in manifest["files"] if n.startswith("cursor_rank")]
     cursors = [
         DataCursor.from_dict(json.loads(storage.read_text(fs, f"{path}/{n}"))) for n in names
@@ -299,26 +315,82 @@ def merged_cursor(uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
     return DataCursor.merge(cursors).to_dict()
 
 
+def resize_problem(manifest: dict[str, Any], world_size: int, zero_stage: int) -> str | None:
+    """Why a checkpoint cannot be resumed by ``world_size`` ranks at ``zero_stage``
+    (``None``: it can). The ZeRO stage must match; a different world size needs ZeRO-0
+    (whole optimiser state on every rank) or a checkpoint carrying DeepSpeed's universal
+    checkpoint info (``needs_universal``)."""
+    n, stage = manifest.get("world_size"), manifest.get("zero_stage")
+    if stage != zero_stage:
+        return (f"written with deepspeed.zero_stage={stage}; resume with "
+                f"deepspeed.zero_stage={stage} (this run has {zero_stage})")  # fmt: skip
+    if n != world_size and stage != 0 and not manifest.get("universal"):
+        return (f"written by {n} workers at ZeRO-{stage} without DeepSpeed's universal "
+                f"checkpoint info (an older checkpoint); resume with cluster.num_workers={n} "
+                f"(this run has {world_size})")  # fmt: skip
+    return None
+
+
+def needs_universal(manifest: dict[str, Any], world_size: int) -> bool:
+    """A ZeRO 1-3 checkpoint resumed by another world size: its optimiser partitions are
+    re-cut through DeepSpeed's universal checkpoint (``to_universal``; the engine must be
+    built with ``checkpoint.load_universal``)."""
+    return manifest["world_size"] != world_size and manifest["zero_stage"] != 0
+
+
+def to_universal(local_dir: Path) -> Path:
+    """Convert the DeepSpeed part of a fetched checkpoint into DeepSpeed's universal format
+    (``local_dir/universal/ds``: one fp32 file per parameter and optimiser moment, whole),
+    which an engine of any data-parallel size loads. Reads the pickles as ``restore_rank``
+    does (no code runs). Returns the directory to pass to ``engine.load_checkpoint``."""
+    import argparse
+    import contextlib
+    import io
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    out = local_dir / UNIVERSAL_DIR
+    args = argparse.Namespace(
+        input_folder=str(local_dir / DS_TAG), output_folder=str(out / DS_TAG),
+        num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+        inject_missing_state=False,
+    )  # fmt: skip
+    chatter = io.StringIO()  # the converter prints its stages and tqdm bars
+    try:
+        with (
+            safe_io.no_code_loads(),
+            contextlib.redirect_stdout(chatter),
+            contextlib.redirect_stderr(chatter),
+        ):
+            ds_to_universal.main(args)
+    except Exception:
+        log.error("ds_to_universal on %s failed:\n%s", local_dir, chatter.getvalue()[-4000:])
+        raise
+    log.info("converted %s to DeepSpeed's universal checkpoint", local_dir)
+    return out
+
+
 def restore_rank(
     engine: Any, *, ema: Any, local_dir: Path, rank: int, world_size: int
 ) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Load a checkpoint into this rank's engine and EMA.
 
-    A ZeRO-0 checkpoint loads into any world size (``cluster.launch.check_resume`` refuses
-    the others before the workers start); a rank the checkpoint did not have gets
-    ``None`` RNG states and an empty cursor.
+    A ZeRO-0 checkpoint loads into any world size; a ZeRO 1-3 one written by another world
+    size is converted with ``to_universal`` (the engine was built with
+    ``checkpoint.load_universal``; ``cluster.launch.check_resume`` refuses what cannot
+    load before the workers start). A rank the checkpoint did not have gets ``None`` RNG
+    states and an empty cursor.
 
     Returns:
         ``(step, rng states or None, cursor dict)`` of this rank.
     """
     manifest = json.loads((local_dir / MANIFEST).read_text())
-    if manifest["world_size"] != world_size and manifest["zero_stage"] != 0:
-        raise ValueError(
-            f"{local_dir}: written by {manifest['world_size']} ranks at ZeRO-"
-            f"{manifest['zero_stage']}, this run has {world_size}"
-        )
+    problem = resize_problem(manifest, world_size, manifest["zero_stage"])
+    if problem is not None:
+        raise ValueError(f"{local_dir}: {problem}")
+    ds_dir = to_universal(local_dir) if needs_universal(manifest, world_size) else local_dir
     with safe_io.no_code_loads():  # DeepSpeed's pickles: tensors and allow-listed types only
-        _, client = engine.load_checkpoint(str(local_dir), tag=DS_TAG)
+        _, client = engine.load_checkpoint(str(ds_dir), tag=DS_TAG)
     if client is None:
         raise FileNotFoundError(f"{local_dir}/{DS_TAG}: DeepSpeed could not load it")
     ema.load_state_dict(safe_io.load_tree(local_dir / EMA_FILE))

@@ -79,11 +79,11 @@ def check_resume(cfg: TrainConfig) -> str | None:
     """The checkpoint this run continues from, refused here (before any worker starts) when
     the workers could not load it.
 
-    A different ``cluster.num_workers`` is fine at ZeRO-0 (the optimiser state is whole on
-    every rank; the data cursor is merged over ranks). At ZeRO 1-3 each rank holds a
-    partition of the optimiser state; DeepSpeed's universal checkpoint would re-partition it
-    (README, "Resize on resume": it works on CPU/gloo once checkpoints carry
-    ``universal_checkpoint_info``, not wired yet), so that is refused.
+    A different ``cluster.num_workers`` is fine (the data cursor is merged over ranks and
+    re-split): at ZeRO-0 the optimiser state is whole on every rank; at ZeRO 1-3 each rank
+    holds a partition, which the workers re-cut through DeepSpeed's universal checkpoint
+    (``checkpoint.to_universal``). Refused: another ZeRO stage, and a ZeRO 1-3 resize of a
+    checkpoint written before checkpoints carried the universal info.
 
     Raises:
         ValueError: a world size or ZeRO stage the checkpoint cannot be resumed with.
@@ -97,19 +97,9 @@ def check_resume(cfg: TrainConfig) -> str | None:
         return None
     cfs, path = storage.resolve(ckpt, endpoint)
     manifest = checkpoint.read_manifest(cfs, path) or {}
-    n, stage = manifest.get("world_size"), manifest.get("zero_stage")
-    m = cfg.cluster.num_workers
-    if stage != cfg.deepspeed.zero_stage:
-        raise ValueError(
-            f"{ckpt}: written with deepspeed.zero_stage={stage}; resume with "
-            f"deepspeed.zero_stage={stage} (this run has {cfg.deepspeed.zero_stage})"
-        )
-    if n != m and stage != 0:
-        raise ValueError(
-            f"{ckpt}: written by {n} workers at ZeRO-{stage} (optimiser state partitioned {n} "
-            f"ways); resume with cluster.num_workers={n} (this run has {m}); only ZeRO-0 "
-            "runs change their worker count on resume"
-        )
+    problem = checkpoint.resize_problem(manifest, cfg.cluster.num_workers, cfg.deepspeed.zero_stage)
+    if problem is not None:
+        raise ValueError(f"{ckpt}: {problem}")
     return ckpt
 
 

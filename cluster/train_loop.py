@@ -174,10 +174,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # rate head starts at the training law's mean k for the configured clip length (issue 17)
     net = DiT(cfg.model, rate_init=mean_insertion_target(cfg.data.num_frames, cfg.method))
     ema = EMA(net, cfg.optim.ema_decay)
+    ds_config = deepspeed_config(cfg, world_size=world, use_gpu=cfg.cluster.use_gpu)
+    if ckpt and checkpoint.needs_universal(checkpoint.manifest_of(ckpt, endpoint), world):
+        ds_config["checkpoint"] = {"load_universal": True}  # ZeRO partitions re-cut for `world`
     engine, *_ = deepspeed.initialize(
         model=net,
         model_parameters=[p for p in net.parameters() if p.requires_grad],
-        config=deepspeed_config(cfg, world_size=world, use_gpu=cfg.cluster.use_gpu),
+        config=ds_config,
         lr_scheduler=partial(lr_scheduler, optim=cfg.optim, total_steps=cfg.steps),
         dist_init_required=False,
     )
@@ -197,7 +200,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             shutil.rmtree(scratch, ignore_errors=True)
         if rng is not None:
             set_rng_state(rng, generator)
-        else:  # a rank the checkpoint did not have (resized ZeRO-0 run): fresh, step-dependent
+        else:  # a rank the checkpoint did not have (resized run): fresh, step-dependent
             generator.manual_seed(cfg.seed * 100_003 + rank + 1_000_003 * step)
         if rank == 0:
             log.info("resumed from %s at step %d", ckpt, step)

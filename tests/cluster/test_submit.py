@@ -3,6 +3,7 @@ provenance, and the sweep's done key and errors."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 from pathlib import Path
@@ -125,7 +126,9 @@ def test_sweep_address_refuses_a_local_output_dir(s3_bucket, capsys):
     assert code == 2 and "output_dir='out'" in capsys.readouterr().err
 
 
-def _fake_run(root: Path, steps: list[int], *, world: int = 2, zero: int = 0) -> Path:
+def _fake_run(
+    root: Path, steps: list[int], *, world: int = 2, zero: int = 0, universal: bool = True
+) -> Path:
     """A run directory with ``run.json`` and complete checkpoints (manifest as training writes it)."""
     from flowception.cluster import checkpoint
     from flowception.cluster.config import load_config
@@ -143,6 +146,10 @@ def _fake_run(root: Path, steps: list[int], *, world: int = 2, zero: int = 0) ->
         else:
             files = {"x.bin": 4}
         checkpoint.write_manifest(d, files, cfg=cfg, step=step, world_size=world)
+        if not universal:  # as checkpoints were written before they carried the universal info
+            manifest = json.loads((d / checkpoint.MANIFEST).read_text())
+            del manifest["universal"]
+            (d / checkpoint.MANIFEST).write_text(json.dumps(manifest))
     return run
 
 
@@ -192,17 +199,19 @@ def test_sweep_dry_run_and_done_key(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("written", "resumed", "error"),
     [
-        ((2, 2), (1, 2), "resume with cluster.num_workers=2"),  # ZeRO-2 partitions: refused
-        ((2, 0), (1, 2), "resume with deepspeed.zero_stage=0"),
-        ((2, 0), (1, 0), None),  # ZeRO-0 resizes
-        ((2, 2), (2, 2), None),
+        ((2, 2, True), (1, 2), None),  # ZeRO-2 partitions re-cut (universal checkpoint)
+        ((2, 3, True), (4, 3), None),
+        ((2, 2, False), (1, 2), "resume with cluster.num_workers=2"),  # older: no universal info
+        ((2, 0, True), (1, 2), "resume with deepspeed.zero_stage=0"),
+        ((2, 0, False), (1, 0), None),  # ZeRO-0 resizes
+        ((2, 2, False), (2, 2), None),
     ],
 )
 def test_resume_is_refused_before_the_workers_start(tmp_path, written, resumed, error):
     from flowception.cluster.config import load_config
     from flowception.cluster.launch import check_resume
 
-    run = _fake_run(tmp_path, [2], world=written[0], zero=written[1])
+    run = _fake_run(tmp_path, [2], world=written[0], zero=written[1], universal=written[2])
     cfg = load_config(
         DEMO,
         [f"cluster.storage_path={tmp_path}", f"cluster.name={run.name}",

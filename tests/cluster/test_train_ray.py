@@ -276,6 +276,37 @@ def test_resume_from_checkpoint_with_crash_mid_save(run_a, shards, services, tmp
     assert c_loss == {s: a_loss[s] for s in range(21, 31)}
 
 
+def test_zero2_run_resumes_on_another_worker_count(run_a, shards, services, tmp_path):
+    """2 workers at ZeRO-2 wrote it; 1 worker continues it: the driver lets it through and
+    the worker re-cuts the optimiser partitions through DeepSpeed's universal checkpoint."""
+    _, a = run_a
+    cfg = _cfg(
+        shards,
+        services,
+        "resized",
+        str(tmp_path / "runs"),
+        f"checkpoint.resume_from={a.run_uri}/step_0000020",
+        "cluster.num_workers=1",
+    )
+    r = launch(cfg)
+    assert [s for s, _ in checkpoint.list_checkpoints(r.run_uri)] == [30]
+    manifest = checkpoint.manifest_of(f"{r.run_uri}/step_0000030")
+    assert (manifest["world_size"], manifest["zero_stage"]) == (1, 2)
+    assert sorted(_history(services, r.mlflow_run_id, "loss")) == list(range(21, 31))
+
+
+def test_universal_resize_restores_the_optimiser_state_exactly(run_a, tmp_path):
+    """The 1-rank engine holds the 2 ranks' fp32 weights and Adam moments, bit for bit."""
+    cfg, a = run_a
+    endpoint = cfg.cluster.storage_endpoint_url
+    local = checkpoint.fetch(f"{a.run_uri}/step_0000020", endpoint, dest=tmp_path / "ckpt")
+    probe = Path(__file__).with_name("universal_probe.py")
+    out = subprocess.run(
+        [sys.executable, str(probe), str(local)], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0 and "OK " in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+
+
 def test_non_finite_loss_stops_the_run_naming_the_step(shards, services, tmp_path):
     import mlflow
     import ray.train
