@@ -79,6 +79,8 @@ ARMS = [
     Recipe("s128-p4-f64-const", size="s-128", frame_budget=64, lr=5e-4, schedule="constant"),
     Recipe("s128-p4-f64-ema999", size="s-128", frame_budget=64, lr=5e-4, ema=0.999),
     Recipe("s128-p4-f64-lr1e-3", size="s-128", frame_budget=64, lr=1e-3),
+    Recipe("s128-p8-f128-lr1e-3", size="s-128", patch=8, frame_budget=128, lr=1e-3),
+    Recipe("s128-p8-f128-1digit", size="s-128", patch=8, frame_budget=128, lr=1e-3, digits=1),
 ]
 QUICK = ["tiny-p4-f32", "s128-p4-f64"]
 
