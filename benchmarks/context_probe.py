@@ -118,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch", type=int, default=8, help="patch size")
     p.add_argument("--digits", type=int, default=1, help="moving digits per clip")
     p.add_argument("--frame-budget", type=int, default=128, help="frames per batch")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--out", default=str(dr.RESULTS / "context_probe.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = dr.Recipe(f"s128-p{args.patch}-f{args.frame_budget}-{args.digits}digit",
-                       size="s-128", patch=args.patch, frame_budget=args.frame_budget, lr=1e-3,
+                       size="s-128", patch=args.patch, frame_budget=args.frame_budget, lr=args.lr,
                        digits=args.digits)  # fmt: skip
     net, steps, losses = train(recipe, args.budget)
     result, rows = probe(net, recipe)
