@@ -120,7 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     s = sub.add_parser("schema", help="print (or with --all write) a recipe kind's JSON Schema")
     s.add_argument("kind", nargs="?", choices=list(SCHEMAS), help="recipe kind")
-    s.add_argument("--all", action="store_true", help="write every kind into configs/schema/ of the checkout")
+    s.add_argument(
+        "--all", action="store_true", help="write every kind into configs/schema/ of the checkout"
+    )
     s.set_defaults(func=_schema)
     t = sub.add_parser("cli-table", help="print (or with --write update README.md) the CLI table")
     t.add_argument("--write", action="store_true", help="replace the table in README.md")
