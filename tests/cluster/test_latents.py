@@ -160,3 +160,47 @@ def test_mismatches_fail_before_any_work(latents, tmp_path):
         with pytest.raises(error, match=message):
             launch(cfg)
         assert not (latents["root"] / "runs" / cfg.run_name()).exists()
+
+
+def test_video_vae_latents_train_and_evaluate_in_both_frame_counts(latents, i3d_weights, tmp_path):
+    """The video VAE (``AutoencoderKLLTXVideo``, temporal compression 2) on the same path:
+    encode into S3, 2 Ray Train workers on its latents, eval decodes them; the length law is
+    reported in latent frames and in video frames, related by ``T = 1 + 2 (T' - 1)``."""
+    from PIL import Image
+
+    from flowception.eval.job import load_job_config, run_eval
+
+    vae = save_random_vae("video", str(tmp_path / "vae-video"))
+    bucket = latents["shards"].rsplit("/lat/", 1)[0]
+    shards = {}
+    for split, n, seed in (("train", 10, 2), ("test", 4, 3)):
+        src = tmp_path / "pixels" / split
+        with ShardWriter(str(src), max_samples=5, meta={"size": 16}) as w:
+            for clip in moving_mnist(n, size=16, min_frames=5, max_frames=9, seed=seed):
+                t, h, wd, _ = clip.frames.shape
+                meta = schema.SampleMeta(clip.fps, t, h, wd, clip.source, label=clip.label)
+                w.add(clip.key, encode_mp4(clip.frames, clip.fps), meta)
+        job = EncodeJob(src=str(src), out=f"{bucket}/vlat/{split}", vae_dir=vae,
+                        vae_kind="video", size=16, s3_endpoint=latents["s3"])  # fmt: skip
+        run_encode(job, actors=1)
+        shards[split] = job.out
+    lat = {**latents, "shards": shards["train"], "vae": vae}
+    run = launch(_cfg(lat, "video", "data.vae=video", "model.frame_size=[4, 4]",
+                      "model.patch_size=2", "data.num_frames=5", "method.max_frames=5",
+                      "cluster.max_failures=0"))  # fmt: skip
+    assert [s for s, _ in checkpoint.list_checkpoints(run.run_uri)] == [2, 4]
+    ckpt = f"{run.run_uri}/{checkpoint.step_dir_name(STEPS)}"
+    result = run_eval(load_job_config(ckpt, [
+        f"eval.detector={i3d_weights}", "eval.metrics=[length, temporal_flickering]",
+        "num_videos=2", "batch_size=2", f"output_dir={tmp_path / 'eval'}",
+        f"endpoint_url={latents['s3']}", "sampler.num_steps=2", f"shards={shards['test']}",
+    ]))  # fmt: skip
+    m = result.metrics
+    assert m["length_latent/mean_data"] >= 3  # 5-9 video frames -> 3-5 latent frames
+    for side in ("generated", "data"):
+        video, latent = m[f"length/mean_{side}"], m[f"length_latent/mean_{side}"]
+        assert video == pytest.approx(1 + 2 * (latent - 1)), side
+    gif = sorted((result.output_dir / "videos").glob("*.gif"))[0]
+    with Image.open(gif) as im:
+        assert im.size == (16, 16)  # 4x4 latents decoded to 16x16 pixels
+        assert im.n_frames % 2 == 1  # 1 + 2 (T' - 1) video frames
