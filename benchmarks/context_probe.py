@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,41 +30,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo_recipe as dr  # noqa: E402
 
-from flowception.model.config import model_config  # noqa: E402
 from flowception.model.dit import DiT  # noqa: E402
-from flowception.model.ema import EMA  # noqa: E402
 from flowception.model.generate import generate  # noqa: E402
 from flowception.model.packing import pack_index  # noqa: E402
-from flowception.model.schedule import mean_insertion_target  # noqa: E402
-from flowception.model.training import training_step  # noqa: E402
 
 TIMES = (0.0, 0.5, 0.8, 0.95)
 
 
 def train(recipe: dr.Recipe, budget: float) -> tuple[DiT, int, list[float]]:
-    method = dr.method_for(recipe)
-    cfg = model_config(recipe.size, frame_size=(dr.SIZE, dr.SIZE), patch_size=recipe.patch)
-    pool = dr.videos(400, "train", recipe.digits, 0)
-    torch.manual_seed(0)
-    net = DiT(cfg, rate_init=mean_insertion_target(dr.MAX_FRAMES, method))
-    ema = EMA(net, recipe.ema)
-    opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=0.0)
-    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
-    start, steps, losses = time.perf_counter(), 0, []
-    while (spent := (time.perf_counter() - start) / budget) < 1.0:
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr * dr.lr_factor(spent, recipe)
-        x, lengths = dr.batch(pool, recipe.frame_budget, rng)
-        out = training_step(net, x, lengths, method=method, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        out.loss.total.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        ema.update(net)
-        steps += 1
-        losses.append(out.loss.velocity.item())
-    ema.copy_to(net)
-    return net.eval(), steps, losses
+    """``demo_recipe.fit`` with seed 0 on the demo's 400 training videos."""
+    run = dr.fit(recipe, budget, seed=0, num_train=400)
+    return run.net, run.steps, [v for v, _ in run.losses]
 
 
 @torch.no_grad()

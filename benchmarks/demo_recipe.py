@@ -35,6 +35,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,8 +134,23 @@ def lr_factor(spent: float, recipe: Recipe) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * x))
 
 
-def train_arm(recipe: Recipe, budget_s: float, peak: float, seed: int, num_train: int) -> dict:
-    """Train for ``budget_s`` seconds, then evaluate the EMA weights (untimed)."""
+@dataclass
+class Fit:
+    """A trained arm: the network with its EMA weights (eval mode) and what training did."""
+
+    net: DiT
+    cfg: Any
+    method: MethodConfig
+    rate_init: float
+    steps: int
+    flops: float
+    tokens: float
+    losses: list[tuple[float, float]]  # (velocity, insertion) per step
+    train_s: float
+
+
+def fit(recipe: Recipe, budget_s: float, seed: int, num_train: int) -> Fit:
+    """Train ``recipe`` for ``budget_s`` seconds (the schedule runs on the share spent)."""
     method = method_for(recipe)
     cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch)
     train = videos(num_train, "train", recipe.digits, seed)
@@ -162,9 +178,17 @@ def train_arm(recipe: Recipe, budget_s: float, peak: float, seed: int, num_train
         flops, tokens = flops + f["total"], tokens + f["tokens"]
         losses.append((out.loss.velocity.item(), out.loss.insertion.item()))
     train_s = time.perf_counter() - start
-    tail = losses[-max(len(losses) // 10, 1) :]
     ema.copy_to(net)
     net.eval()
+    return Fit(net, cfg, method, rate_init, steps, flops, tokens, losses, train_s)
+
+
+def train_arm(recipe: Recipe, budget_s: float, peak: float, seed: int, num_train: int) -> dict:
+    """Train for ``budget_s`` seconds, then evaluate the EMA weights (untimed)."""
+    run = fit(recipe, budget_s, seed, num_train)
+    net, cfg, method, rate_init, steps = run.net, run.cfg, run.method, run.rate_init, run.steps
+    flops, tokens, losses, train_s = run.flops, run.tokens, run.losses, run.train_s
+    tail = losses[-max(len(losses) // 10, 1) :]
     t_eval = time.perf_counter()
     evaluation = evaluate(net, method, recipe, seed)
     return {
