@@ -32,7 +32,7 @@ class DataConfig(Config):
 
     # Throughput and storage knobs: the same data read faster or from elsewhere is the same run.
     infra_fields = frozenset(
-        {"decode_workers", "decode_threads", "s3_endpoint_url", "s3_region", "s3_anon",
+        {"decode_workers", "decode_threads", "units_per_task", "s3_endpoint_url", "s3_region", "s3_anon",
          "storage_retries", "vae_dir", "vae_sha256"}
     )  # fmt: skip
 
@@ -66,6 +66,9 @@ class DataConfig(Config):
     """Maximum concurrent read+decode tasks in Ray Data."""
     decode_threads: int = 1
     """FFmpeg threads per decode (1 is best when many decodes run in parallel)."""
+    units_per_task: int = 4
+    """Shards read by one Ray Data task (one block each, in stream order); more amortise
+    the executor's per-task scheduling gap (about 0.15 s measured), fewer start sooner."""
     s3_endpoint_url: str | None = None
     """S3 endpoint (MinIO, moto, ...); ``None``: ``FLOWCEPTION_S3_ENDPOINT`` or ``AWS_ENDPOINT_URL`` or AWS."""
     s3_region: str | None = None
@@ -97,6 +100,7 @@ class DataConfig(Config):
             "epochs",
             "decode_workers",
             "decode_threads",
+            "units_per_task",
             "storage_retries",
         ):
             value = getattr(self, name)

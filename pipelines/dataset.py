@@ -329,12 +329,20 @@ def read_task(
     return decode_latent_rows(rows, cfg, latent) if latent is not None else decode_rows(rows, cfg)
 
 
-def _read_block(
-    cfg: DataConfig, shards: list[ShardInfo], read: Read, latent: schema.LatentSet | None
+def _read_blocks(
+    cfg: DataConfig, shards: list[ShardInfo], reads: list[Read], latent: schema.LatentSet | None
 ):
+    """One task's units, each read, decoded and yielded as its own block, in order."""
     from ray.data.block import BlockAccessor
 
-    yield BlockAccessor.batch_to_block(read_task(cfg, shards, read, latent))
+    for read in reads:
+        yield BlockAccessor.batch_to_block(read_task(cfg, shards, read, latent))
+
+
+def task_chunks(reads: list[Read], per_task: int) -> list[list[Read]]:
+    """``reads`` cut into consecutive runs of ``per_task`` (the last may be shorter):
+    with ordered output, the blocks still arrive in ``reads`` order."""
+    return [reads[i : i + per_task] for i in range(0, len(reads), per_task)]
 
 
 def _datasource(
@@ -347,7 +355,7 @@ def _datasource(
     from ray.data.block import BlockMetadata
 
     class VideoShardDatasource(Datasource):
-        """One read+decode task per unit, in ``plan_reads`` order."""
+        """One read+decode task per ``units_per_task`` units, in ``plan_reads`` order."""
 
         def estimate_inmemory_data_size(self) -> int | None:
             sizes = [shards[shard].bytes for _, _, shard, _ in reads]
@@ -356,19 +364,23 @@ def _datasource(
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
             return [
                 ReadTask(
-                    partial(_read_block, cfg, shards, read, latent),
+                    partial(_read_blocks, cfg, shards, chunk, latent),
                     BlockMetadata(
                         num_rows=None,
-                        size_bytes=shards[read[2]].bytes,
+                        size_bytes=_bytes([shards[r[2]].bytes for r in chunk]),
                         exec_stats=None,
-                        input_files=(shards[read[2]].url,),
+                        input_files=tuple(shards[r[2]].url for r in chunk),
                     ),
                     per_task_row_limit=per_task_row_limit,
                 )
-                for read in reads
+                for chunk in task_chunks(reads, cfg.units_per_task)
             ]
 
     return VideoShardDatasource()
+
+
+def _bytes(sizes: list[int | None]) -> int | None:
+    return None if None in sizes else int(sum(sizes))
 
 
 def shard_list(cfg: DataConfig) -> list[ShardInfo]:
@@ -424,10 +436,14 @@ def build_dataset(
         return ray.data.from_items([])
     ds = ray.data.read_datasource(
         _datasource(cfg, shards, reads, latent),
-        override_num_blocks=len(reads),
+        override_num_blocks=len(task_chunks(reads, cfg.units_per_task)),
         concurrency=cfg.decode_workers,
     )
     ds.context.execution_options.preserve_order = True
+    # The reservation allocator keeps half the CPUs for operators a single-op read does
+    # not have: with 2 CPUs the second task then waits ~1 s for a budget (measured,
+    # benchmarks/bench_data.py). ``concurrency`` already caps what the read may take.
+    ds.context.op_resource_reservation_enabled = False
     return ds
 
 

@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from flowception.pipelines.dataset import build_dataset, decode_rows, read_shard_rows
-from flowception.pipelines.ingest import DataCursor, worker_stream
+from flowception.pipelines.dataset import (
+    build_dataset,
+    decode_rows,
+    plan_reads,
+    read_shard_rows,
+    read_task,
+    shard_list,
+)
+from flowception.pipelines.ingest import DataCursor, SplitSpec, worker_stream
 from flowception.pipelines.samples import read_samples
 from flowception.pipelines.shards import Storage, list_shards, write_bytes
 
@@ -115,6 +122,22 @@ def test_epochs_orders_and_determinism(ray_data, mnist_dir):
     assert by_epoch[0] != by_epoch[1]  # a new order each epoch
     other, _ = _samples(cfg.replace(seed=4, epochs=1))
     assert [k for (_, k), *_ in other] != by_epoch[0]
+
+
+@pytest.mark.parametrize("per_task", [1, 4, 5])
+def test_tasks_of_several_shards_keep_the_plan_order(ray_data, mnist_dir, per_task):
+    """2 epochs x 3 shards read by concurrent tasks of ``per_task`` shards (5: one task
+    spans the epoch boundary, 4: the last task is short) arrive exactly in the order of
+    ``plan_reads`` read one after another without Ray."""
+    cfg = data_cfg(mnist_dir, epochs=2, seed=5, units_per_task=per_task, decode_workers=2)
+    shards = shard_list(cfg)
+    expected = []
+    for read in plan_reads(SplitSpec.from_config(cfg, len(shards)), DataCursor()):
+        rows = read_task(cfg, shards, read)
+        expected += [(read[0], k) for k, s in zip(rows["key"], rows["status"]) if s == "ok"]
+    got, _ = _samples(cfg)
+    assert len(expected) == 2 * NUM_VIDEOS
+    assert [k for k, *_ in got] == expected
 
 
 def _keys(batches):
