@@ -231,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="192 videos, 1 timed pass (make bench --quick)"
     )
     parser.add_argument("--repeats", type=int, default=REPEATS, help="timed passes (best of)")
+    parser.add_argument(
+        "--units-per-task", type=int, default=DataConfig().units_per_task,
+        help="shards per Ray read task (data.units_per_task)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     globals()["REPEATS"] = args.repeats
     if args.quick:
@@ -256,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         ray.init(num_cpus=max(args.workers), include_dashboard=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        base = DataConfig(shards=local, size=args.size, num_frames=16, frame_budget=256)
+        base = DataConfig(
+            shards=local, size=args.size, num_frames=16, frame_budget=256,
+            units_per_task=args.units_per_task,
+        )  # fmt: skip
         for storage, where in (("local", local), ("s3", "s3://bench/shards")):
             cfg = base.replace(shards=where, s3_endpoint_url=endpoint)
             if storage == "local":
@@ -304,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "videos": args.videos,
         "frame_size": args.size,
         "per_shard": args.per_shard,
-        "units_per_task": DataConfig().units_per_task,
+        "units_per_task": args.units_per_task,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "repeats": args.repeats,

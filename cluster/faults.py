@@ -5,28 +5,62 @@
 ``STEP``; ``save``: in the middle of writing checkpoint ``STEP``) the first time it
 gets there; the ``MARKER`` file records that it happened, so the restarted worker
 goes on. Only tests set it (through ``RunConfig(worker_runtime_env=...)``).
+
+The point ``upload`` (checkpoint ``STEP`` being uploaded by rank ``RANK``) holds instead
+of exiting: the rank writes ``MARKER`` and waits for ``MARKER.go`` while the test breaks
+something real (turns the storage endpoint off); an exception of the upload is written
+to ``MARKER.failed`` and raised on, so the test knows when to mend it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ENV = "FLOWCEPTION_FAULT"
 
 
-def maybe_die(point: str, step: int, rank: int) -> None:
-    """Exit the process at once if the fault spec matches and has not fired yet."""
+def _fires(point: str, step: int, rank: int) -> Path | None:
+    """The marker of a matching fault that has not fired yet (now marked as fired)."""
     spec = os.environ.get(ENV)
     if not spec:
-        return
+        return None
     want_point, want_step, want_rank, marker = spec.split(":", 3)
     if (want_point, int(want_step), int(want_rank)) != (point, step, rank):
-        return
+        return None
     path = Path(marker)
     if path.exists():
-        return
+        return None
     path.write_text(f"{point} {step} {rank}\n")
+    return path
+
+
+@contextlib.contextmanager
+def held(point: str, step: int, rank: int, timeout_s: float = 300.0) -> Iterator[None]:
+    """Around ``point``: when the fault matches, wait for ``MARKER.go`` before the block
+    and record an exception of the block in ``MARKER.failed`` (see module doc)."""
+    path = _fires(point, step, rank)
+    if path is None:
+        yield
+        return
+    go, deadline = Path(f"{path}.go"), time.monotonic() + timeout_s
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield
+    except BaseException as exc:
+        Path(f"{path}.failed").write_text(f"{type(exc).__name__}: {exc}\n")
+        raise
+
+
+def maybe_die(point: str, step: int, rank: int) -> None:
+    """Exit the process at once if the fault spec matches and has not fired yet."""
+    path = _fires(point, step, rank)
+    if path is None:
+        return
     print(f"[fault] rank {rank} exits at {point} {step} ({ENV})", file=sys.stderr, flush=True)
     os._exit(1)

@@ -193,7 +193,10 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
         log.info("continuing from %s", resumed)
     connect()
     run = run_info(cfg)
-    fs, root = storage.resolve(cfg.cluster.storage_path, endpoint)
+    # Ray Train's controller writes through this one: retried longer (storage module doc)
+    fs, root = storage.resolve(
+        cfg.cluster.storage_path, endpoint, attempts=storage.CONTROLLER_ATTEMPTS
+    )
     env = {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
     env.update(worker_env or {})
     resources = {"CPU": cfg.cluster.cpus_per_worker}

@@ -7,6 +7,13 @@ filesystem (``pipelines.shards.s3_filesystem``) and so through its one retry pol
 every request, checkpoint writes included, retries connection errors with backoff,
 and an error that outlasts the retries is raised to the caller (in a Ray Train
 worker that fails the attempt, and ``cluster.max_failures`` decides what follows).
+
+The one exception is the filesystem handed to Ray Train itself: its controller writes
+its checkpoint registry (``checkpoint_manager_snapshot.json``) through it, and an error
+there ends the run as a ``ControllerError`` that ``max_failures`` does not retry. It
+therefore gets ``CONTROLLER_ATTEMPTS`` (4x the workers' attempts, about a minute of
+backoff), so that an outage fails the worker's upload, which is retried, first.
+Workers upload through a filesystem of their own with the normal policy.
 S3 credentials come from the environment (or the instance role), never from a
 config; the endpoint from ``cluster.storage_endpoint_url`` or ``AWS_ENDPOINT_URL``.
 """
@@ -25,12 +32,19 @@ from flowception.pipelines import shards
 log = logging.getLogger(__name__)
 
 
-def resolve(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
+CONTROLLER_ATTEMPTS = 4 * shards.DEFAULT_ATTEMPTS
+"""Attempts per request for Ray Train's own storage writes (see the module doc)."""
+
+
+def resolve(
+    uri: str, endpoint_url: str | None = None, *, attempts: int = shards.DEFAULT_ATTEMPTS
+) -> tuple[pafs.FileSystem, str]:
     """The filesystem for ``uri`` and the path inside it.
 
     Args:
         uri: a local path or ``s3://bucket/prefix``.
         endpoint_url: S3 endpoint (MinIO, moto); ``None``: ``AWS_ENDPOINT_URL`` or AWS.
+        attempts: tries per S3 request (the retry policy's ``total_max_attempts``).
 
     Returns:
         ``(fs, path)``: ``path`` is ``bucket/prefix`` for S3 and absolute for local.
@@ -41,7 +55,9 @@ def resolve(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem,
         # the S3 test server (INTERNAL_FAILURE on CompleteMultipartUpload) under Ray.
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
         region = os.environ.get("AWS_REGION", "us-east-1")
-        fs = shards.s3_filesystem(shards.Storage(endpoint_url=endpoint, region=region))
+        fs = shards.s3_filesystem(
+            shards.Storage(endpoint_url=endpoint, region=region, retries=attempts)
+        )
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), uri[len("s3://") :].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 

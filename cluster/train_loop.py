@@ -29,7 +29,7 @@ import torch.distributed as dist
 from flowception.cluster import checkpoint, storage
 from flowception.cluster.config import TrainConfig
 from flowception.cluster.deepspeed_config import deepspeed_config
-from flowception.cluster.faults import maybe_die
+from flowception.cluster.faults import held, maybe_die
 from flowception.cluster.lr import lr_scheduler
 from flowception.model.flops import gemm_rate, training_flops
 
@@ -129,15 +129,19 @@ def _data_counts(
     return ingest.data_metrics(vector, epochs)
 
 
-def _upload_fn(local: Path) -> Any:
-    """``checkpoint_upload_fn`` for ``ray.train.report``: copy ``local``, manifest last."""
+def _upload_fn(local: Path, step: int, rank: int, endpoint: str | None) -> Any:
+    """``checkpoint_upload_fn`` for ``ray.train.report``: copy ``local``, manifest last,
+    through this worker's own filesystem (the normal retry policy, not the controller's
+    longer one: ``cluster.storage``); an error after the retries fails the attempt."""
     import ray.train
 
     def upload(_: Any, dir_name: str) -> Any:
         ctx = ray.train.get_context().get_storage()
         dest = ctx.build_checkpoint_path_from_name(dir_name)
+        fs, _ = storage.resolve(storage.uri_of(ctx.storage_filesystem, dest), endpoint)
         names = storage.file_sizes(storage.pafs.LocalFileSystem(), str(local))
-        storage.upload_files(local, ctx.storage_filesystem, dest, names, last=checkpoint.MANIFEST)
+        with held("upload", step, rank):
+            storage.upload_files(local, fs, dest, names, last=checkpoint.MANIFEST)
         return ray.train.Checkpoint(path=dest, filesystem=ctx.storage_filesystem)
 
     return upload
@@ -379,7 +383,7 @@ def _save_and_report(
             {**metrics, "step": step},
             checkpoint=ray.train.Checkpoint.from_directory(str(final)),
             checkpoint_dir_name=checkpoint.step_dir_name(step),
-            checkpoint_upload_fn=_upload_fn(final),
+            checkpoint_upload_fn=_upload_fn(final, step, rank, cfg.cluster.storage_endpoint_url),
         )
     finally:
         shutil.rmtree(final.parent, ignore_errors=True)

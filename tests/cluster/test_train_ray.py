@@ -1,6 +1,6 @@
 """End to end on the real components: 2 Ray Train workers, DeepSpeed ZeRO-2 over gloo,
 checkpoints on the moto S3 server, a loopback MLflow server; a worker killed mid-run;
-the driver killed mid-run; a crash mid-save; a new run resumed from a checkpoint.
+the driver killed mid-run; a crash mid-save; S3 gone during a checkpoint upload; a new run resumed from a checkpoint.
 Every logged metric of 30 steps must match the uninterrupted run bit for bit.
 
 Data as it comes: 48 Moving MNIST clips of 2-6 frames (16x16) in 8 shards, with 8 bad
@@ -254,6 +254,45 @@ def test_killed_driver_resumes_with_the_same_metrics(run_a, shards, services, tm
     d = launch(_cfg(shards, services, "d", str(runs)))
     assert [s for s, _ in checkpoint.list_checkpoints(d.run_uri)][-1] == STEPS
     _same_metrics(services, a.mlflow_run_id, d.mlflow_run_id)
+
+
+def test_failed_checkpoint_upload_fails_the_attempt_and_max_failures_resumes(
+    run_a, shards, services, tmp_path
+):
+    """S3 refuses connections (a forwarder turned off) while rank 0 uploads checkpoint 20:
+    the upload is retried, then fails the attempt; Ray Train restarts it once
+    (``max_failures=1``) from checkpoint 10 and the run ends as the uninterrupted one."""
+    import threading
+
+    from tests.fixtures.switch import Switch
+
+    _, a = run_a
+    switch = Switch(services["s3"])
+    switch.on()
+    held = tmp_path / "upload-held"
+
+    def break_storage_during_the_upload() -> None:
+        while not held.exists():
+            time.sleep(0.05)
+        switch.off()  # refused from now on, open connections cut
+        Path(f"{held}.go").touch()
+        while not Path(f"{held}.failed").exists():
+            time.sleep(0.05)
+        switch.on()  # back for the restarted attempt
+
+    fault = threading.Thread(target=break_storage_during_the_upload, daemon=True)
+    fault.start()
+    cfg = _cfg(
+        shards, services, "upload", f"{services['bucket']}/runs",
+        f"cluster.storage_endpoint_url={switch.uri}",
+    )  # fmt: skip
+    try:
+        b = launch(cfg, worker_env={"FLOWCEPTION_FAULT": f"upload:20:0:{held}"})
+    finally:
+        switch.off()
+    assert "Could not connect" in Path(f"{held}.failed").read_text()  # retried, then raised
+    assert [s for s, _ in checkpoint.list_checkpoints(b.run_uri, services["s3"])] == [10, 20, 30]
+    _same_metrics(services, a.mlflow_run_id, b.mlflow_run_id)
 
 
 def test_resume_from_checkpoint_with_crash_mid_save(run_a, shards, services, tmp_path):
