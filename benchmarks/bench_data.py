@@ -198,8 +198,8 @@ def timed(fn, *args) -> tuple[int, float]:
     for _ in range(REPEATS):
         t0 = time.perf_counter()
         clips = fn(*args)
-        if time.perf_counter() - t0 < best:
-            best, stats = time.perf_counter() - t0, dict(LAST_STATS)
+        if (took := time.perf_counter() - t0) < best:
+            best, stats = took, dict(LAST_STATS)
     LAST_STATS.clear()
     LAST_STATS.update(stats)  # the stats of the pass whose time is reported
     return clips, best

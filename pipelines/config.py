@@ -32,8 +32,8 @@ class DataConfig(Config):
 
     # Throughput and storage knobs: the same data read faster or from elsewhere is the same run.
     infra_fields = frozenset(
-        {"decode_workers", "decode_threads", "units_per_task", "s3_endpoint_url", "s3_region", "s3_anon",
-         "storage_retries", "vae_dir", "vae_sha256"}
+        {"decode_workers", "decode_threads", "units_per_task", "s3_endpoint_url", "s3_region",
+         "s3_anon", "storage_retries", "vae_dir", "vae_sha256"}
     )  # fmt: skip
 
     shards: str = "data/moving_mnist/train"

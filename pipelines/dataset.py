@@ -348,7 +348,7 @@ def task_chunks(reads: list[Read], per_task: int) -> list[list[Read]]:
 def _datasource(
     cfg: DataConfig,
     shards: list[ShardInfo],
-    reads: list[Read],
+    chunks: list[list[Read]],
     latent: schema.LatentSet | None = None,
 ):
     from ray.data import Datasource, ReadTask
@@ -358,8 +358,7 @@ def _datasource(
         """One read+decode task per ``units_per_task`` units, in ``plan_reads`` order."""
 
         def estimate_inmemory_data_size(self) -> int | None:
-            sizes = [shards[shard].bytes for _, _, shard, _ in reads]
-            return None if None in sizes else int(sum(sizes))
+            return _bytes([shards[r[2]].bytes for chunk in chunks for r in chunk])
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
             return [
@@ -373,7 +372,7 @@ def _datasource(
                     ),
                     per_task_row_limit=per_task_row_limit,
                 )
-                for chunk in task_chunks(reads, cfg.units_per_task)
+                for chunk in chunks
             ]
 
     return VideoShardDatasource()
@@ -434,15 +433,16 @@ def build_dataset(
     reads = plan_reads(spec, cursor or DataCursor(), rank, world)
     if not reads:
         return ray.data.from_items([])
+    chunks = task_chunks(reads, cfg.units_per_task)
     ds = ray.data.read_datasource(
-        _datasource(cfg, shards, reads, latent),
-        override_num_blocks=len(task_chunks(reads, cfg.units_per_task)),
+        _datasource(cfg, shards, chunks, latent),
+        override_num_blocks=len(chunks),
         concurrency=cfg.decode_workers,
     )
     ds.context.execution_options.preserve_order = True
     # The reservation allocator keeps half the CPUs for operators a single-op read does
-    # not have: with 2 CPUs the second task then waits ~1 s for a budget (measured,
-    # benchmarks/bench_data.py). ``concurrency`` already caps what the read may take.
+    # not have: with 2 CPUs the second task then waited ~1 s for a budget (ray.timeline
+    # and the ray-data debug log; README "Benchmarks"). ``concurrency`` already caps it.
     ds.context.op_resource_reservation_enabled = False
     return ds
 

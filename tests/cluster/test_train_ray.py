@@ -1,6 +1,7 @@
 """End to end on the real components: 2 Ray Train workers, DeepSpeed ZeRO-2 over gloo,
 checkpoints on the moto S3 server, a loopback MLflow server; a worker killed mid-run;
-the driver killed mid-run; a crash mid-save; S3 gone during a checkpoint upload; a new run resumed from a checkpoint.
+the driver killed mid-run; a crash mid-save; S3 gone during a checkpoint upload; a new
+run resumed from a checkpoint.
 Every logged metric of 30 steps must match the uninterrupted run bit for bit.
 
 Data as it comes: 48 Moving MNIST clips of 2-6 frames (16x16) in 8 shards, with 8 bad

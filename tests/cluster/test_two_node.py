@@ -3,8 +3,9 @@ submitting directory but S3 (moto) and MLflow: driven only through the Jobs API,
 directory that is not the checkout.
 
 One run of a tiny model: train with 2 workers (one per node) to the end of one epoch,
-continue it and kill it with ``flowception stop``, resume the killed run with 1 worker, evaluate a checkpoint with ``eval --address``, sweep twice (the
-second does nothing), then check MLflow and where Ray ran what.
+continue it and kill it with ``flowception stop``, resume the killed run with 1 worker,
+evaluate a checkpoint with ``eval --address``, sweep twice (the second does nothing),
+then check MLflow and where Ray ran what.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def test_two_node_submit_resume_eval_sweep(
     from ray.util.state import list_actors, list_tasks
 
     from flowception.cluster.config import TrainConfig
-    from flowception.cluster.submit import client
+    from flowception.cluster.submit import client as jobs_client
     from flowception.pipelines.sources import moving_mnist, write_clips
 
     # [0] data and detector on S3; a user directory that is not the checkout
@@ -133,7 +134,7 @@ def test_two_node_submit_resume_eval_sweep(
 
     # [3] continue it on the same 2 workers and kill it (flowception stop) once it has
     # trained past step_a: nothing may be left behind, and no checkpoint was written
-    jobs = client(two_node.address)  # the Jobs API client the CLI uses
+    jobs = jobs_client(two_node.address)  # the Jobs API client the CLI uses
     started = _cli(user, env, "submit", "tiny.yaml", "data.epochs=200", *addr)
     assert started.returncode == 0
     job_id = started.stdout.splitlines()[0].strip()
