@@ -1,6 +1,7 @@
 """Does a briefly trained demo-size model denoise, and does it read its context frame?
 
     python benchmarks/context_probe.py --budget 300 --patch 8 --digits 1 --frame-budget 128
+    python benchmarks/context_probe.py --budget 600 --frames 4 8     # shorter clips
 
 Trains one arm of ``benchmarks/demo_recipe.py`` (s-128, image-to-video with unconditional
 rows) single-process for ``--budget`` seconds, then, with the EMA weights on 4 test clips
@@ -95,9 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-budget", type=int, default=128, help="frames per batch")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument(
+        "--frames", type=int, nargs=2, default=[dr.MIN_FRAMES, dr.MAX_FRAMES],
+        metavar=("MIN", "MAX"), help="clip lengths of the data (the demo's: 10 16)",
+    )  # fmt: skip
     p.add_argument("--out", default=str(dr.RESULTS / "context_probe.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    dr.MIN_FRAMES, dr.MAX_FRAMES = args.frames  # data and method_for read them at call time
     recipe = dr.Recipe(f"s128-p{args.patch}-f{args.frame_budget}-{args.digits}digit",
                        size="s-128", patch=args.patch, frame_budget=args.frame_budget, lr=args.lr,
                        digits=args.digits)  # fmt: skip
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     grid = dr.write_grid(rows, out.with_suffix(".png"))
     record = {"recipe": recipe.__dict__, "budget_s": args.budget, "steps": steps,
+              "frames": args.frames,
               "train_velocity_loss_last100": float(np.mean(losses[-100:])),
               "load_avg": os.getloadavg(), "grid": grid.name, **result}  # fmt: skip
     out.write_text(json.dumps(record, indent=2))
