@@ -194,19 +194,29 @@ REPEATS = 2
 
 def timed(fn, *args) -> tuple[int, float]:
     """Clips of one pass and the best time of ``REPEATS`` passes after a warm-up pass
-    (worker processes, imports, page cache, S3 connections); best-of because the
-    machine is shared and slow outliers are other people's work.
+    (imports, page cache); used for the plain loop, which has no reader to pair with.
     """
     fn(*args)
-    best, stats = float("inf"), {}
+    best = float("inf")
     for _ in range(REPEATS):
         t0 = time.perf_counter()
         clips = fn(*args)
-        if (took := time.perf_counter() - t0) < best:
-            best, stats = took, dict(LAST_STATS)
-    LAST_STATS.clear()
-    LAST_STATS.update(stats)  # the stats of the pass whose time is reported
+        best = min(best, time.perf_counter() - t0)
     return clips, best
+
+
+def bench_config(shards: str, size: int, units_per_task: int) -> DataConfig:
+    """The data config every reader of this benchmark decodes with (16-frame clips)."""
+    return DataConfig(
+        shards=shards, size=size, num_frames=16, frame_budget=256, units_per_task=units_per_task
+    )
+
+
+def write_bench_clips(videos: int, size: int, per_shard: int, out: str, **kw) -> list:
+    """``videos`` Moving MNIST videos of 8-20 frames written as shards under ``out``."""
+    clips = list(moving_mnist(videos, size=size, min_frames=8, max_frames=20))
+    write_clips(clips, out, max_samples=per_shard, **kw)
+    return clips
 
 
 def check(fn, args, clips: int) -> None:
@@ -254,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data.json"))
     parser.add_argument(
-        "--quick", action="store_true", help="192 videos, 1 timed pass (make bench --quick)"
+        "--quick", action="store_true", help="192 videos, 1 timed pair (make bench --quick)"
     )
     parser.add_argument(
         "--repeats", type=int, default=REPEATS, help="timed pairs of passes per setting"
@@ -278,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["AWS_ENDPOINT_URL"] = endpoint
         local = f"{tmp}/shards"
         print(f"writing {args.videos} Moving MNIST videos ({args.size}px, 8-20 frames)...")
-        clips = list(moving_mnist(args.videos, size=args.size, min_frames=8, max_frames=20))
-        write_clips(clips, local, max_samples=args.per_shard)
+        clips = write_bench_clips(args.videos, args.size, args.per_shard, local)
         import s3fs
 
         s3fs.S3FileSystem(endpoint_url=endpoint).mkdir("bench")
@@ -288,10 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         ray.init(num_cpus=max(args.workers), include_dashboard=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        base = DataConfig(
-            shards=local, size=args.size, num_frames=16, frame_budget=256,
-            units_per_task=args.units_per_task,
-        )  # fmt: skip
+        base = bench_config(local, args.size, args.units_per_task)
         for storage, where in (("local", local), ("s3", "s3://bench/shards")):
             cfg = base.replace(shards=where, s3_endpoint_url=endpoint)
             if storage == "local":

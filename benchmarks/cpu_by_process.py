@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_data as bd  # noqa: E402
 
 from flowception.pipelines.config import DataConfig  # noqa: E402
-from flowception.pipelines.sources import moving_mnist, write_clips  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -75,12 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         local = f"{tmp}/shards"
-        write_clips(list(moving_mnist(args.videos, size=64, min_frames=8, max_frames=20)),
-                    local, max_samples=32)  # fmt: skip
+        bd.write_bench_clips(args.videos, 64, 32, local)  # bench_data's defaults
         ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        cfg = DataConfig(shards=local, size=64, num_frames=16, frame_budget=256,
-                         units_per_task=args.units_per_task)  # fmt: skip
+        cfg = bd.bench_config(local, 64, args.units_per_task)
         readers = (
             ("ray, 2 read tasks", bd.run_ray, (cfg.replace(decode_workers=2),)),
             ("webdataset, 2 DataLoader workers", bd.run_webdataset, (cfg, 2)),
