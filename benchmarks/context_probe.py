@@ -2,6 +2,8 @@
 
     python benchmarks/context_probe.py --budget 300 --patch 8 --digits 1 --frame-budget 128
     python benchmarks/context_probe.py --budget 600 --frames 4 8     # shorter clips
+    python benchmarks/context_probe.py --budget 600 --static         # digits that do not move
+    python benchmarks/context_probe.py --budget 600 --speed 0.3      # slower digits (px/frame)
 
 Trains one arm of ``benchmarks/demo_recipe.py`` (s-128, image-to-video with unconditional
 rows) single-process for ``--budget`` seconds, then, with the EMA weights on 4 test clips
@@ -11,7 +13,13 @@ whose frame 0 is clean context and every other frame at one time ``s``:
   frames, beside two references: every generated frame a copy of the context (``copy``) and
   every pixel background (``blank``);
 - ``context effect``: mean |change| of the other frames' velocity when the context frame is
-  blanked, against the velocity's own mean |value|: near 0 means the net ignores the context.
+  blanked, against the velocity's own mean |value|: near 0 means the net ignores the context;
+- ``attention``: per block, the largest share (over heads) of a generated frame's attention
+  that goes to the tokens at its own patch position in the other frames, and to the context
+  frame, each over what uniform attention gives: near 1 means attention is not selective.
+
+``--static`` makes every clip its first frame repeated (the context is then the answer:
+``copy`` = 0), which tells whether the net reads other frames at all.
 
 Writes ``benchmarks/results/context_probe.json`` and a grid (per clip: the clip, then
 ``x1_hat`` at each ``s``, then sampled image-to-video videos at the end).
@@ -31,11 +39,60 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo_recipe as dr  # noqa: E402
 
+import flowception.model.dit as dit_module  # noqa: E402
 from flowception.model.dit import DiT  # noqa: E402
 from flowception.model.generate import generate  # noqa: E402
 from flowception.model.packing import pack_index  # noqa: E402
 
 TIMES = (0.0, 0.5, 0.8, 0.95)
+
+
+def static_videos(num: int, split: str, digits: int, seed: int) -> list[torch.Tensor]:
+    """``demo_recipe.videos`` with every frame replaced by the clip's first."""
+    return [v[:1].expand_as(v).clone() for v in MOVING(num, split, digits, seed)]
+
+
+MOVING = dr.videos
+
+
+@torch.no_grad()
+def attention_selectivity(net: DiT, clip: torch.Tensor, s: float) -> list[dict[str, float]]:
+    """Per block: max over heads of the attention share a generated frame (at time ``s``,
+    frame 0 clean context) gives to (a) its own patch position in the other frames and (b)
+    the context frame, each divided by the share uniform attention would give."""
+    n, ntok = clip.shape[0], net.cfg.tokens_per_frame
+    cu = pack_index(torch.ones(1, n, dtype=torch.bool)).cu_seqlens
+    ctx = torch.zeros(n, dtype=torch.bool)
+    ctx[0] = True
+    t = torch.full((n,), s)
+    t[0] = 1.0
+    x0 = torch.randn(clip.shape, generator=torch.Generator().manual_seed(0))
+    xt = (1 - s) * x0 + s * clip
+    xt[0] = clip[0]
+    probs: list[torch.Tensor] = []
+    real = dit_module.packed_attention
+
+    def record(q, k, v, **kw):  # (T, heads, hd) each; one video, full attention
+        logits = q.transpose(0, 1) @ k.transpose(0, 1).transpose(1, 2) / q.shape[-1] ** 0.5
+        probs.append(torch.softmax(logits.float(), -1))  # (heads, T, T)
+        return real(q, k, v, **kw)
+
+    dit_module.packed_attention = record
+    try:
+        net(xt, t, cu, is_context=ctx)
+    finally:
+        dit_module.packed_attention = real
+    frame = torch.arange(n).repeat_interleave(ntok)  # (T,)
+    pos = torch.arange(ntok).repeat(n)
+    same_pos = ((pos[:, None] == pos[None]) & (frame[:, None] != frame[None])).float()
+    to_ctx = (frame[None] == 0).float().expand(frame.numel(), -1)
+    query = frame != 0
+
+    def share(a: torch.Tensor, keys: torch.Tensor) -> float:  # largest over heads
+        return float((a[:, query] * keys[query]).sum(-1).mean(-1).max())
+
+    return [{"same_position": share(a, same_pos) / ((n - 1) / (n * ntok)),
+             "context": share(a, to_ctx) / (1 / n)} for a in probs]  # fmt: skip
 
 
 def train(recipe: dr.Recipe, budget: float) -> tuple[DiT, int, list[float]]:
@@ -74,6 +131,7 @@ def probe(net: DiT, recipe: dr.Recipe) -> tuple[dict, list[torch.Tensor]]:
                 scale.append(vel[1:].abs().mean().item())
         copy.append(((v[:1] - v[1:]) ** 2).mean().item())
         blank.append(((v[1:] + 1) ** 2).mean().item())
+    attention = attention_selectivity(net, test[0], 0.5)
     method = dr.method_for(recipe)
     sampled = generate(net, method=method, num_videos=len(test), context=[v[:1] for v in test],
                        generator=torch.Generator().manual_seed(1))  # fmt: skip
@@ -84,6 +142,7 @@ def probe(net: DiT, recipe: dr.Recipe) -> tuple[dict, list[torch.Tensor]]:
         "mse_blank": float(np.mean(blank)),
         "context_effect": float(np.mean(effect)),
         "velocity_scale": float(np.mean(scale)),
+        "attention_over_uniform_at_s0.5": attention,
     }
     return result, rows
 
@@ -95,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--digits", type=int, default=1, help="moving digits per clip")
     p.add_argument("--frame-budget", type=int, default=128, help="frames per batch")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine)")
+    p.add_argument("--size", default="s-128", help="model size (model.config.MODEL_SIZES)")
+    p.add_argument("--static", action="store_true", help="every frame = the clip's first")
+    p.add_argument("--speed", type=float, default=None, help="digit px/frame (demo: 1.125)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument(
         "--frames", type=int, nargs=2, default=[dr.MIN_FRAMES, dr.MAX_FRAMES],
@@ -104,15 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     dr.MIN_FRAMES, dr.MAX_FRAMES = args.frames  # data and method_for read them at call time
-    recipe = dr.Recipe(f"s128-p{args.patch}-f{args.frame_budget}-{args.digits}digit",
-                       size="s-128", patch=args.patch, frame_budget=args.frame_budget, lr=args.lr,
+    dr.SPEED = args.speed
+    if args.static:
+        dr.videos = static_videos  # fit and probe read dr.videos at call time
+    name = f"{args.size}-p{args.patch}-f{args.frame_budget}-{args.digits}digit"
+    name += "-static" if args.static else "" if args.speed is None else f"-speed{args.speed:g}"
+    recipe = dr.Recipe(name, size=args.size,
+                       patch=args.patch, frame_budget=args.frame_budget, lr=args.lr,
                        digits=args.digits)  # fmt: skip
     net, steps, losses = train(recipe, args.budget)
     result, rows = probe(net, recipe)
     out = Path(args.out)
     grid = dr.write_grid(rows, out.with_suffix(".png"))
     record = {"recipe": recipe.__dict__, "budget_s": args.budget, "steps": steps,
-              "frames": args.frames,
+              "frames": args.frames, "static": args.static,
+              "speed": args.speed,
               "train_velocity_loss_last100": float(np.mean(losses[-100:])),
               "load_avg": os.getloadavg(), "grid": grid.name, **result}  # fmt: skip
     out.write_text(json.dumps(record, indent=2))
@@ -121,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
               f"blank {result['mse_blank']:.3f}")  # fmt: skip
     print(f"context effect {result['context_effect']:.4f} of velocity scale "
           f"{result['velocity_scale']:.3f}; {steps} steps; wrote {out}")  # fmt: skip
+    for b, a in enumerate(result["attention_over_uniform_at_s0.5"]):
+        print(f"block {b}: attention x uniform: own position in other frames "
+              f"{a['same_position']:.2f}, context frame {a['context']:.2f}")  # fmt: skip
     return 0
 
 

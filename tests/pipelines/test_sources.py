@@ -45,6 +45,26 @@ def test_moving_mnist_lengths_vary_and_frames_hold_two_moving_digits():
     assert {f.frames.shape for f in fixed} == {(10, 64, 64, 1)}
 
 
+def _centroid(frame: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(frame[..., 0] > 0)
+    return np.array([ys.mean(), xs.mean()])
+
+
+def test_moving_mnist_speed_sets_pixels_per_frame():
+    kw = dict(size=64, min_frames=2, max_frames=2, num_digits=1, seed=5)
+
+    def step(speed):  # one digit's centroid shift over one frame
+        clip = next(moving_mnist(1, speed=speed, **kw))
+        return float(np.linalg.norm(_centroid(clip.frames[1]) - _centroid(clip.frames[0])))
+
+    default = next(moving_mnist(1, **kw)).frames
+    assert np.array_equal(default, next(moving_mnist(1, speed=(64 - 28) / 16, **kw)).frames)
+    assert step(0.0) == 0.0
+    assert abs(step(3.0) - 3.0) < 1.0 and abs(step(6.0) - 6.0) < 1.0
+    with pytest.raises(ValueError, match="speed=-1"):
+        next(moving_mnist(1, size=32, speed=-1))
+
+
 def test_moving_mnist_test_split_uses_test_digits_only():
     images, _ = mnist_digits()
     test_set = {images[i].tobytes() for i in split_digits("test")}
