@@ -18,8 +18,8 @@ whose frame 0 is clean context and every other frame at one time ``s``:
   that goes to the tokens at its own patch position in the other frames, and to the context
   frame, each over what uniform attention gives: near 1 means attention is not selective.
 
-``--static`` makes every clip its first frame repeated (the context is then the answer:
-``copy`` = 0), which tells whether the net reads other frames at all.
+``--static`` (= ``--speed 0``) makes every clip its first frame repeated (the context is then
+the answer: ``copy`` = 0), which tells whether the net reads other frames at all.
 
 Writes ``benchmarks/results/context_probe.json`` and a grid (per clip: the clip, then
 ``x1_hat`` at each ``s``, then sampled image-to-video videos at the end).
@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -45,43 +46,32 @@ from flowception.model.generate import generate  # noqa: E402
 from flowception.model.packing import pack_index  # noqa: E402
 
 TIMES = (0.0, 0.5, 0.8, 0.95)
+ATTENTION_AT = 0.5  # the time of the generated frames whose attention is measured
 
 
-def static_videos(num: int, split: str, digits: int, seed: int) -> list[torch.Tensor]:
-    """``demo_recipe.videos`` with every frame replaced by the clip's first."""
-    return [v[:1].expand_as(v).clone() for v in MOVING(num, split, digits, seed)]
-
-
-MOVING = dr.videos
-
-
-@torch.no_grad()
-def attention_selectivity(net: DiT, clip: torch.Tensor, s: float) -> list[dict[str, float]]:
-    """Per block: max over heads of the attention share a generated frame (at time ``s``,
-    frame 0 clean context) gives to (a) its own patch position in the other frames and (b)
-    the context frame, each divided by the share uniform attention would give."""
-    n, ntok = clip.shape[0], net.cfg.tokens_per_frame
-    cu = pack_index(torch.ones(1, n, dtype=torch.bool)).cu_seqlens
-    ctx = torch.zeros(n, dtype=torch.bool)
-    ctx[0] = True
-    t = torch.full((n,), s)
-    t[0] = 1.0
-    x0 = torch.randn(clip.shape, generator=torch.Generator().manual_seed(0))
-    xt = (1 - s) * x0 + s * clip
-    xt[0] = clip[0]
+@contextmanager
+def recorded_attention():
+    """Yields a list that gets each block's attention probabilities ``[heads, T, T]`` of the
+    net calls made inside (one video, full attention)."""
     probs: list[torch.Tensor] = []
     real = dit_module.packed_attention
 
-    def record(q, k, v, **kw):  # (T, heads, hd) each; one video, full attention
+    def record(q, k, v, **kw):  # (T, heads, hd) each
         logits = q.transpose(0, 1) @ k.transpose(0, 1).transpose(1, 2) / q.shape[-1] ** 0.5
         probs.append(torch.softmax(logits.float(), -1))  # (heads, T, T)
         return real(q, k, v, **kw)
 
     dit_module.packed_attention = record
     try:
-        net(xt, t, cu, is_context=ctx)
+        yield probs
     finally:
         dit_module.packed_attention = real
+
+
+def attention_selectivity(probs: list[torch.Tensor], n: int, ntok: int) -> list[dict[str, float]]:
+    """Per block: max over heads of the attention share a generated frame (frame 0 is the
+    context) gives to (a) its own patch position in the other frames and (b) the context
+    frame, each divided by the share uniform attention would give."""
     frame = torch.arange(n).repeat_interleave(ntok)  # (T,)
     pos = torch.arange(ntok).repeat(n)
     same_pos = ((pos[:, None] == pos[None]) & (frame[:, None] != frame[None])).float()
@@ -119,7 +109,11 @@ def probe(net: DiT, recipe: dr.Recipe) -> tuple[dict, list[torch.Tensor]]:
             t[0] = 1.0
             xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * v
             xt[0] = v[0]
-            vel = net(xt, t, cu, is_context=ctx).velocity
+            watch = i == 0 and s == ATTENTION_AT
+            with recorded_attention() if watch else nullcontext() as probs:
+                vel = net(xt, t, cu, is_context=ctx).velocity
+            if watch:
+                attention = attention_selectivity(probs, n, net.cfg.tokens_per_frame)
             x1 = xt + (1 - t)[:, None, None, None] * vel
             mse[s].append(((x1[1:] - v[1:]) ** 2).mean().item())
             rows.append(x1.clamp(-1, 1))
@@ -131,7 +125,6 @@ def probe(net: DiT, recipe: dr.Recipe) -> tuple[dict, list[torch.Tensor]]:
                 scale.append(vel[1:].abs().mean().item())
         copy.append(((v[:1] - v[1:]) ** 2).mean().item())
         blank.append(((v[1:] + 1) ** 2).mean().item())
-    attention = attention_selectivity(net, test[0], 0.5)
     method = dr.method_for(recipe)
     sampled = generate(net, method=method, num_videos=len(test), context=[v[:1] for v in test],
                        generator=torch.Generator().manual_seed(1))  # fmt: skip
@@ -142,7 +135,7 @@ def probe(net: DiT, recipe: dr.Recipe) -> tuple[dict, list[torch.Tensor]]:
         "mse_blank": float(np.mean(blank)),
         "context_effect": float(np.mean(effect)),
         "velocity_scale": float(np.mean(scale)),
-        "attention_over_uniform_at_s0.5": attention,
+        f"attention_over_uniform_at_s{ATTENTION_AT}": attention,
     }
     return result, rows
 
@@ -155,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-budget", type=int, default=128, help="frames per batch")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine)")
     p.add_argument("--size", default="s-128", help="model size (model.config.MODEL_SIZES)")
-    p.add_argument("--static", action="store_true", help="every frame = the clip's first")
+    p.add_argument("--static", action="store_true", help="= --speed 0: still digits")
     p.add_argument("--speed", type=float, default=None, help="digit px/frame (demo: 1.125)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument(
@@ -166,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     dr.MIN_FRAMES, dr.MAX_FRAMES = args.frames  # data and method_for read them at call time
-    dr.SPEED = args.speed
-    if args.static:
-        dr.videos = static_videos  # fit and probe read dr.videos at call time
+    dr.SPEED = 0.0 if args.static else args.speed  # dr.videos reads it at call time
     name = f"{args.size}-p{args.patch}-f{args.frame_budget}-{args.digits}digit"
     name += "-static" if args.static else "" if args.speed is None else f"-speed{args.speed:g}"
     recipe = dr.Recipe(name, size=args.size,
@@ -189,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
               f"blank {result['mse_blank']:.3f}")  # fmt: skip
     print(f"context effect {result['context_effect']:.4f} of velocity scale "
           f"{result['velocity_scale']:.3f}; {steps} steps; wrote {out}")  # fmt: skip
-    for b, a in enumerate(result["attention_over_uniform_at_s0.5"]):
+    for b, a in enumerate(result[f"attention_over_uniform_at_s{ATTENTION_AT}"]):
         print(f"block {b}: attention x uniform: own position in other frames "
               f"{a['same_position']:.2f}, context frame {a['context']:.2f}")  # fmt: skip
     return 0
