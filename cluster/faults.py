@@ -10,6 +10,10 @@ The point ``upload`` (checkpoint ``STEP`` being uploaded by rank ``RANK``) holds
 of exiting: the rank writes ``MARKER`` and waits for ``MARKER.go`` while the test breaks
 something real (turns the storage endpoint off); an exception of the upload is written
 to ``MARKER.failed`` and raised on, so the test knows when to mend it.
+
+``RANK`` ``*`` matches every rank; rank ``r`` then marks ``MARKER.r`` (and
+``MARKER.r.failed``) and all wait for the one ``MARKER.go``: a test can hold every
+rank's upload before it breaks the storage, so that no rank's upload is in flight.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ def _fires(point: str, step: int, rank: int) -> Path | None:
     if not spec:
         return None
     want_point, want_step, want_rank, marker = spec.split(":", 3)
-    if (want_point, int(want_step), int(want_rank)) != (point, step, rank):
+    if (want_point, int(want_step)) != (point, step):
         return None
-    path = Path(marker)
+    if want_rank != "*" and int(want_rank) != rank:
+        return None
+    path = Path(marker if want_rank != "*" else f"{marker}.{rank}")
     if path.exists():
         return None
     path.write_text(f"{point} {step} {rank}\n")
@@ -47,7 +53,8 @@ def held(point: str, step: int, rank: int, timeout_s: float = 300.0) -> Iterator
     if path is None:
         yield
         return
-    go, deadline = Path(f"{path}.go"), time.monotonic() + timeout_s
+    marker = os.environ[ENV].split(":", 3)[3]
+    go, deadline = Path(f"{marker}.go"), time.monotonic() + timeout_s
     while not go.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
