@@ -4,6 +4,7 @@
     python benchmarks/context_probe.py --budget 600 --frames 4 8     # shorter clips
     python benchmarks/context_probe.py --budget 600 --static         # digits that do not move
     python benchmarks/context_probe.py --budget 600 --speed 0.3      # slower digits (px/frame)
+    python benchmarks/context_probe.py --budget 600 --no-qk-norm     # attention without QK-norm
 
 Trains one arm of ``benchmarks/demo_recipe.py`` (s-128, image-to-video with unconditional
 rows) single-process for ``--budget`` seconds, then, with the EMA weights on 4 test clips
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="s-128", help="model size (model.config.MODEL_SIZES)")
     p.add_argument("--static", action="store_true", help="= --speed 0: still digits")
     p.add_argument("--speed", type=float, default=None, help="digit px/frame (demo: 1.125)")
+    p.add_argument("--no-qk-norm", action="store_true", help="model.qk_norm=false")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument(
         "--frames", type=int, nargs=2, default=[dr.MIN_FRAMES, dr.MAX_FRAMES],
@@ -162,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     dr.SPEED = 0.0 if args.static else args.speed  # dr.videos reads it at call time
     name = f"{args.size}-p{args.patch}-f{args.frame_budget}-{args.digits}digit"
     name += "-static" if args.static else "" if args.speed is None else f"-speed{args.speed:g}"
+    name += "-noqknorm" if args.no_qk_norm else ""
     recipe = dr.Recipe(name, size=args.size,
                        patch=args.patch, frame_budget=args.frame_budget, lr=args.lr,
-                       digits=args.digits)  # fmt: skip
+                       digits=args.digits, qk_norm=not args.no_qk_norm)  # fmt: skip
     net, steps, losses = train(recipe, args.budget)
     result, rows = probe(net, recipe)
     out = Path(args.out)

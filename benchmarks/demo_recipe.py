@@ -68,6 +68,7 @@ class Recipe:
     warmup: float = 0.05  # share of the budget
     ema: float = 0.99
     uncond_prob: float = 0.3
+    qk_norm: bool = True  # model.qk_norm (the spec DiT's default)
 
 
 ARMS = [
@@ -154,7 +155,8 @@ class Fit:
 def fit(recipe: Recipe, budget_s: float, seed: int, num_train: int) -> Fit:
     """Train ``recipe`` for ``budget_s`` seconds (the schedule runs on the share spent)."""
     method = method_for(recipe)
-    cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch)
+    cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch,
+                       qk_norm=recipe.qk_norm)  # fmt: skip
     train = videos(num_train, "train", recipe.digits, seed)
     torch.manual_seed(seed)
     rate_init = mean_insertion_target(MAX_FRAMES, method)
@@ -264,7 +266,8 @@ def mfu_probe(recipe: Recipe, steps: int, seed: int) -> dict:
     """``mfu_cpu`` of the arm's training step alone: the best step rate over the best GEMM
     rate, measured in turns, so a machine shared with other jobs biases both alike."""
     method = method_for(recipe)
-    cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch)
+    cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch,
+                       qk_norm=recipe.qk_norm)  # fmt: skip
     pool = videos(64, "train", recipe.digits, seed)
     torch.manual_seed(seed)
     net = DiT(cfg, rate_init=mean_insertion_target(MAX_FRAMES, method))
