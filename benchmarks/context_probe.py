@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--static", action="store_true", help="= --speed 0: still digits")
     p.add_argument("--speed", type=float, default=None, help="digit px/frame (demo: 1.125)")
     p.add_argument("--no-qk-norm", action="store_true", help="model.qk_norm=false")
+    p.add_argument(
+        "--context-stream", default="context_frames", choices=["context_frames", "nearest_context"],
+        help="model.context_stream (nearest_context: passive context in every frame's stream)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument(
         "--frames", type=int, nargs=2, default=[dr.MIN_FRAMES, dr.MAX_FRAMES],
@@ -165,9 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{args.size}-p{args.patch}-f{args.frame_budget}-{args.digits}digit"
     name += "-static" if args.static else "" if args.speed is None else f"-speed{args.speed:g}"
     name += "-noqknorm" if args.no_qk_norm else ""
+    name += "-nearestctx" if args.context_stream == "nearest_context" else ""
     recipe = dr.Recipe(name, size=args.size,
                        patch=args.patch, frame_budget=args.frame_budget, lr=args.lr,
-                       digits=args.digits, qk_norm=not args.no_qk_norm)  # fmt: skip
+                       digits=args.digits, qk_norm=not args.no_qk_norm,
+                       context_stream=args.context_stream)  # fmt: skip
     net, steps, losses = train(recipe, args.budget)
     result, rows = probe(net, recipe)
     out = Path(args.out)

@@ -69,6 +69,7 @@ class Recipe:
     ema: float = 0.99
     uncond_prob: float = 0.3
     qk_norm: bool = True  # model.qk_norm (the spec DiT's default)
+    context_stream: str = "context_frames"  # model.context_stream (spec default)
 
 
 ARMS = [
@@ -156,7 +157,8 @@ def fit(recipe: Recipe, budget_s: float, seed: int, num_train: int) -> Fit:
     """Train ``recipe`` for ``budget_s`` seconds (the schedule runs on the share spent)."""
     method = method_for(recipe)
     cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch,
-                       qk_norm=recipe.qk_norm)  # fmt: skip
+                       qk_norm=recipe.qk_norm,
+                       context_stream=recipe.context_stream)  # fmt: skip
     train = videos(num_train, "train", recipe.digits, seed)
     torch.manual_seed(seed)
     rate_init = mean_insertion_target(MAX_FRAMES, method)
@@ -267,7 +269,8 @@ def mfu_probe(recipe: Recipe, steps: int, seed: int) -> dict:
     rate, measured in turns, so a machine shared with other jobs biases both alike."""
     method = method_for(recipe)
     cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch,
-                       qk_norm=recipe.qk_norm)  # fmt: skip
+                       qk_norm=recipe.qk_norm,
+                       context_stream=recipe.context_stream)  # fmt: skip
     pool = videos(64, "train", recipe.digits, seed)
     torch.manual_seed(seed)
     net = DiT(cfg, rate_init=mean_insertion_target(MAX_FRAMES, method))

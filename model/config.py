@@ -62,6 +62,11 @@ class ModelConfig(Config):
     """RMS-normalise queries and keys (stabilises training)."""
     rope_theta: float = 10000.0
     """Base of the rotary embedding frequencies."""
+    context_stream: Literal["context_frames", "nearest_context"] = "context_frames"
+    """What the context stream (spec section 7) holds. ``context_frames``: each context
+    frame's clean value at its own position, zeros elsewhere. ``nearest_context``: every
+    frame also gets the nearest context frame at or left of it in its video as passive
+    context (spec section 10), so a frame can copy the context without attention."""
 
     pseudo_fields = {"size": "a size from the registry (MODEL_SIZES), overridden by the other keys"}
     infra_fields = frozenset({"attention_backend"})

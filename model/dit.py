@@ -20,6 +20,7 @@ from flowception.model.config import ModelConfig
 from flowception.model.embeddings import LabelEmbedder, Rope3D, TimestepEmbedder
 from flowception.model.packing import (
     check_cu_seqlens,
+    nearest_context_on_left,
     ranks_from_cu_seqlens,
     token_cu_seqlens,
     token_positions,
@@ -213,7 +214,10 @@ class DiT(nn.Module):
         n, (gh, gw) = x.shape[0], self.grid
         video, rank = ranks_from_cu_seqlens(cu_seqlens)  # (n,), (n,)
         stream = torch.zeros_like(x)
-        if is_context is not None:
+        if is_context is not None and self.cfg.context_stream == "nearest_context":
+            src = nearest_context_on_left(is_context, cu_seqlens)  # (n,), -1 = none
+            stream = torch.where((src >= 0)[:, None, None, None], x[src.clamp(min=0)], stream)
+        elif is_context is not None:
             stream = torch.where(is_context[:, None, None, None], x, stream)
         h = self.patch_embed(torch.cat([x, stream], dim=1))  # (n, D, gh, gw)
         h = h.flatten(2).transpose(1, 2)  # (n, gh*gw, D)

@@ -6,6 +6,7 @@ import torch
 
 from flowception.model.config import MethodConfig, model_config
 from flowception.model.dit import DiT
+from flowception.model.packing import nearest_context_on_left
 from flowception.model.training import training_step
 
 
@@ -165,3 +166,25 @@ def test_block_causal_attention_hides_later_frames():
     assert torch.equal(a[:3], b[:3]) and not torch.equal(a[3], b[3])
     full = tiny().eval()
     assert not torch.equal(full(x, t, cu).velocity[0], full(x2, t, cu).velocity[0])
+
+
+def test_nearest_context_stream_reaches_frames_without_attention():
+    """``context_stream=nearest_context`` (passive context, spec section 10): with window 0
+    (a frame attends to itself only) a frame still sees the nearest context frame on its
+    left, in its own video only; ``context_frames`` (the default) does not."""
+    x, t, cu = _inputs([4, 3])
+    is_ctx = torch.tensor([False, True, False, False, False, True, False])
+    x2 = x.clone()
+    x2[1] += 1.0  # change video 0's context frame
+    x2[5] -= 1.0  # and video 1's
+    for mode, reached in (("nearest_context", [2, 3, 6]), ("context_frames", [])):
+        net = tiny(window=0, context_stream=mode).eval()
+        base, moved = net(x, t, cu, is_context=is_ctx), net(x2, t, cu, is_context=is_ctx)
+        changed = [
+            i
+            for i in range(7)
+            if i not in (1, 5) and not torch.equal(base.velocity[i], moved.velocity[i])
+        ]
+        assert changed == reached, mode
+    # frames 0 and 4 are left of their video's context frame: nothing, not video 0's frame 1
+    assert nearest_context_on_left(is_ctx, cu).tolist() == [-1, 1, 1, 1, -1, 5, 5]
