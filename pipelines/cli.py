@@ -62,6 +62,10 @@ def register(subparsers: Any) -> None:
     mnist.add_argument("--min-frames", type=int, default=8, help="shortest video")
     mnist.add_argument("--max-frames", type=int, default=20, help="longest video")
     mnist.add_argument("--digits", type=int, default=2, help="moving digits per video")
+    mnist.add_argument(
+        "--speed", type=float, default=None,
+        help="digit speed in px/frame (default: a sixteenth of the room, 1.125 at --size 32)",
+    )  # fmt: skip
     mnist.add_argument("--fps", type=float, default=10.0, help="frame rate stored in the MP4s")
     mnist.add_argument("--seed", type=int, default=0, help="seed of digits, paths and lengths")
     folder = make.add_argument_group("folder")
@@ -128,8 +132,11 @@ def make_shards(args: argparse.Namespace) -> int:
             num_digits=args.digits,
             fps=args.fps,
             seed=args.seed,
+            speed=args.speed,
         )
         total, meta = args.num_videos, {"source": "moving_mnist", "split": args.split}
+        if args.speed is not None:
+            meta["speed"] = args.speed
     else:
         if not args.folder:
             raise ValueError("make-shards folder: --folder is required")

@@ -119,3 +119,27 @@ def test_local_s3_stops_its_server():
             assert r.status == 200
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+
+
+def test_make_shards_speed_reaches_the_clips(tmp_path, capsys):
+    """``--speed 0`` writes still digits (every decoded frame is frame 0, up to the codec),
+    recorded in ``index.json``; the default speed moves them."""
+    import numpy as np
+
+    from flowception.pipelines.config import DataConfig
+    from flowception.pipelines.dataset import decode_rows, read_shard_rows
+    from flowception.pipelines.shards import list_shards
+
+    spread = {}
+    for name, extra in (("still", ["--speed", "0"]), ("moving", [])):
+        out = tmp_path / name
+        args = ["--size", "32", "--num-videos", "3", "--min-frames", "8", "--max-frames", "8"]
+        assert main(["data", "make-shards", "moving-mnist", "--out", str(out), *args, *extra]) == 0
+        meta = json.loads((out / "index.json").read_text())["meta"]
+        assert meta.get("speed") == (0.0 if extra else None)
+        cfg = DataConfig(shards=str(out), size=32, channels=1, clip_start="first", shuffle=False)
+        rows = read_shard_rows(cfg, list_shards(str(out))[0].url, 0, 0)
+        videos = [np.asarray(v, dtype=np.float32) for v in decode_rows(rows, cfg)["video"]]
+        spread[name] = max(float(np.abs(v - v[:1]).max()) for v in videos)
+    capsys.readouterr()
+    assert spread["still"] < 40 < spread["moving"], spread
