@@ -28,8 +28,9 @@ from pathlib import Path
 ENV = "FLOWCEPTION_FAULT"
 
 
-def _fires(point: str, step: int, rank: int) -> Path | None:
-    """The marker of a matching fault that has not fired yet (now marked as fired)."""
+def _fires(point: str, step: int, rank: int) -> tuple[Path, Path] | None:
+    """``(marker, go)`` of a matching fault that has not fired yet (now marked as fired):
+    this rank's marker file and the ``MARKER.go`` file every held rank waits for."""
     spec = os.environ.get(ENV)
     if not spec:
         return None
@@ -42,19 +43,19 @@ def _fires(point: str, step: int, rank: int) -> Path | None:
     if path.exists():
         return None
     path.write_text(f"{point} {step} {rank}\n")
-    return path
+    return path, Path(f"{marker}.go")
 
 
 @contextlib.contextmanager
 def held(point: str, step: int, rank: int, timeout_s: float = 300.0) -> Iterator[None]:
     """Around ``point``: when the fault matches, wait for ``MARKER.go`` before the block
     and record an exception of the block in ``MARKER.failed`` (see module doc)."""
-    path = _fires(point, step, rank)
-    if path is None:
+    fired = _fires(point, step, rank)
+    if fired is None:
         yield
         return
-    marker = os.environ[ENV].split(":", 3)[3]
-    go, deadline = Path(f"{marker}.go"), time.monotonic() + timeout_s
+    path, go = fired
+    deadline = time.monotonic() + timeout_s
     while not go.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
@@ -66,8 +67,7 @@ def held(point: str, step: int, rank: int, timeout_s: float = 300.0) -> Iterator
 
 def maybe_die(point: str, step: int, rank: int) -> None:
     """Exit the process at once if the fault spec matches and has not fired yet."""
-    path = _fires(point, step, rank)
-    if path is None:
+    if _fires(point, step, rank) is None:
         return
     print(f"[fault] rank {rank} exits at {point} {step} ({ENV})", file=sys.stderr, flush=True)
     os._exit(1)
