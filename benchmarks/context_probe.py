@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "--context-stream", default="context_frames", choices=["context_frames", "nearest_context"],
         help="model.context_stream (nearest_context: passive context in every frame's stream)",
     )  # fmt: skip
+    p.add_argument("--rope-theta", type=float, default=10000.0, help="model.rope_theta")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument(
         "--frames", type=int, nargs=2, default=[dr.MIN_FRAMES, dr.MAX_FRAMES],
@@ -170,10 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     name += "-static" if args.static else "" if args.speed is None else f"-speed{args.speed:g}"
     name += "-noqknorm" if args.no_qk_norm else ""
     name += "-nearestctx" if args.context_stream == "nearest_context" else ""
+    name += f"-theta{args.rope_theta:g}" if args.rope_theta != 10000.0 else ""
     recipe = dr.Recipe(name, size=args.size,
                        patch=args.patch, frame_budget=args.frame_budget, lr=args.lr,
                        digits=args.digits, qk_norm=not args.no_qk_norm,
-                       context_stream=args.context_stream)  # fmt: skip
+                       context_stream=args.context_stream,
+                       rope_theta=args.rope_theta)  # fmt: skip
     net, steps, losses = train(recipe, args.budget)
     result, rows = probe(net, recipe)
     out = Path(args.out)

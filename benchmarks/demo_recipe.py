@@ -70,6 +70,7 @@ class Recipe:
     uncond_prob: float = 0.3
     qk_norm: bool = True  # model.qk_norm (the spec DiT's default)
     context_stream: str = "context_frames"  # model.context_stream (spec default)
+    rope_theta: float = 10000.0  # model.rope_theta
 
 
 ARMS = [
@@ -158,7 +159,8 @@ def fit(recipe: Recipe, budget_s: float, seed: int, num_train: int) -> Fit:
     method = method_for(recipe)
     cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch,
                        qk_norm=recipe.qk_norm,
-                       context_stream=recipe.context_stream)  # fmt: skip
+                       context_stream=recipe.context_stream,
+                       rope_theta=recipe.rope_theta)  # fmt: skip
     train = videos(num_train, "train", recipe.digits, seed)
     torch.manual_seed(seed)
     rate_init = mean_insertion_target(MAX_FRAMES, method)
@@ -270,7 +272,8 @@ def mfu_probe(recipe: Recipe, steps: int, seed: int) -> dict:
     method = method_for(recipe)
     cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch,
                        qk_norm=recipe.qk_norm,
-                       context_stream=recipe.context_stream)  # fmt: skip
+                       context_stream=recipe.context_stream,
+                       rope_theta=recipe.rope_theta)  # fmt: skip
     pool = videos(64, "train", recipe.digits, seed)
     torch.manual_seed(seed)
     net = DiT(cfg, rate_init=mean_insertion_target(MAX_FRAMES, method))
