@@ -215,7 +215,7 @@ class DiT(nn.Module):
         video, rank = ranks_from_cu_seqlens(cu_seqlens)  # (n,), (n,)
         stream = torch.zeros_like(x)
         if is_context is not None and self.cfg.context_stream == "nearest_context":
-            src = nearest_context_on_left(is_context, cu_seqlens)  # (n,), -1 = none
+            src = nearest_context_on_left(is_context, rank)  # (n,), -1 = none
             stream = torch.where((src >= 0)[:, None, None, None], x[src.clamp(min=0)], stream)
         elif is_context is not None:
             stream = torch.where(is_context[:, None, None, None], x, stream)

@@ -98,16 +98,16 @@ def ranks_from_cu_seqlens(cu_seqlens: Tensor) -> tuple[Tensor, Tensor]:
     return video, rank
 
 
-def nearest_context_on_left(is_context: Tensor, cu_seqlens: Tensor) -> Tensor:
+def nearest_context_on_left(is_context: Tensor, rank: Tensor) -> Tensor:
     """Per packed frame, the packed index of the nearest context frame at or left of it in
-    its own video, or ``-1`` when there is none, ``[n]`` int64.
+    its own video, or ``-1`` when there is none, ``[n]`` int64. ``rank`` is each frame's
+    rank in its video (``ranks_from_cu_seqlens``).
 
     Frames are packed in their original order (spec section 6), so "left" is "earlier".
     """
-    video, _ = ranks_from_cu_seqlens(cu_seqlens)  # (n,)
     idx = torch.arange(is_context.numel(), device=is_context.device)  # (n,)
     last = torch.cummax(torch.where(is_context, idx, torch.full_like(idx, -1)), dim=0).values
-    start = cu_seqlens[:-1].long()[video]  # (n,) first packed frame of each frame's video
+    start = idx - rank  # (n,) first packed frame of each frame's video
     return torch.where(last >= start, last, torch.full_like(last, -1))
 
 

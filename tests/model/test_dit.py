@@ -6,7 +6,7 @@ import torch
 
 from flowception.model.config import MethodConfig, model_config
 from flowception.model.dit import DiT
-from flowception.model.packing import nearest_context_on_left
+from flowception.model.packing import nearest_context_on_left, ranks_from_cu_seqlens
 from flowception.model.training import training_step
 
 
@@ -187,4 +187,5 @@ def test_nearest_context_stream_reaches_frames_without_attention():
         ]
         assert changed == reached, mode
     # frames 0 and 4 are left of their video's context frame: nothing, not video 0's frame 1
-    assert nearest_context_on_left(is_ctx, cu).tolist() == [-1, 1, 1, 1, -1, 5, 5]
+    rank = ranks_from_cu_seqlens(cu)[1]
+    assert nearest_context_on_left(is_ctx, rank).tolist() == [-1, 1, 1, 1, -1, 5, 5]
