@@ -72,6 +72,12 @@ class Recipe:
     context_stream: str = "context_frames"  # model.context_stream (spec default)
     rope_theta: float = 10000.0  # model.rope_theta
 
+    def model_config(self):
+        """The arm's DiT on the demo's frames."""
+        return model_config(self.size, frame_size=(SIZE, SIZE), patch_size=self.patch,
+                            qk_norm=self.qk_norm, context_stream=self.context_stream,
+                            rope_theta=self.rope_theta)  # fmt: skip
+
 
 ARMS = [
     Recipe("tiny-p4-f32"),  # today's demo model and batch
@@ -157,10 +163,7 @@ class Fit:
 def fit(recipe: Recipe, budget_s: float, seed: int, num_train: int) -> Fit:
     """Train ``recipe`` for ``budget_s`` seconds (the schedule runs on the share spent)."""
     method = method_for(recipe)
-    cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch,
-                       qk_norm=recipe.qk_norm,
-                       context_stream=recipe.context_stream,
-                       rope_theta=recipe.rope_theta)  # fmt: skip
+    cfg = recipe.model_config()
     train = videos(num_train, "train", recipe.digits, seed)
     torch.manual_seed(seed)
     rate_init = mean_insertion_target(MAX_FRAMES, method)
@@ -270,10 +273,7 @@ def mfu_probe(recipe: Recipe, steps: int, seed: int) -> dict:
     """``mfu_cpu`` of the arm's training step alone: the best step rate over the best GEMM
     rate, measured in turns, so a machine shared with other jobs biases both alike."""
     method = method_for(recipe)
-    cfg = model_config(recipe.size, frame_size=(SIZE, SIZE), patch_size=recipe.patch,
-                       qk_norm=recipe.qk_norm,
-                       context_stream=recipe.context_stream,
-                       rope_theta=recipe.rope_theta)  # fmt: skip
+    cfg = recipe.model_config()
     pool = videos(64, "train", recipe.digits, seed)
     torch.manual_seed(seed)
     net = DiT(cfg, rate_init=mean_insertion_target(MAX_FRAMES, method))
