@@ -5,6 +5,7 @@
     python benchmarks/context_probe.py --budget 600 --static         # digits that do not move
     python benchmarks/context_probe.py --budget 600 --speed 0.3      # slower digits (px/frame)
     python benchmarks/context_probe.py --budget 600 --no-qk-norm     # attention without QK-norm
+    python benchmarks/context_probe.py --budget 900 --glyphs 10 --save-net /tmp/net.pt  # 10 digit images
 
 Trains one arm of ``benchmarks/demo_recipe.py`` (s-128, image-to-video with unconditional
 rows) single-process for ``--budget`` seconds, then, with the EMA weights on 4 test clips
@@ -163,21 +164,37 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("MIN", "MAX"), help="clip lengths of the data (the demo's: 10 16)",
     )  # fmt: skip
     p.add_argument("--out", default=str(dr.RESULTS / "context_probe.json"))
+    p.add_argument("--glyphs", type=int, default=None,
+                   help="both splits draw their digits from the first N train digit images "
+                        "(train and test clips then differ in motion, place and length only)")  # fmt: skip
+    p.add_argument("--save-net", default=None,
+                   help="also write the EMA weights and the recipe here (torch.save) for "
+                        "benchmarks/sampler_probe.py")  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     dr.MIN_FRAMES, dr.MAX_FRAMES = args.frames  # data and method_for read them at call time
     dr.SPEED = 0.0 if args.static else args.speed  # dr.videos reads it at call time
+    if args.glyphs:
+        import flowception.pipelines.sources as sources
+
+        pool = sources.split_digits("train")[: args.glyphs]
+        sources.split_digits = lambda split: pool  # moving_mnist reads it at call time
     name = f"{args.size}-p{args.patch}-f{args.frame_budget}-{args.digits}digit"
     name += "-static" if args.static else "" if args.speed is None else f"-speed{args.speed:g}"
     name += "-noqknorm" if args.no_qk_norm else ""
     name += "-nearestctx" if args.context_stream == "nearest_context" else ""
     name += f"-theta{args.rope_theta:g}" if args.rope_theta != 10000.0 else ""
+    name += f"-glyphs{args.glyphs}" if args.glyphs else ""
     recipe = dr.Recipe(name, size=args.size,
                        patch=args.patch, frame_budget=args.frame_budget, lr=args.lr,
                        digits=args.digits, qk_norm=not args.no_qk_norm,
                        context_stream=args.context_stream,
                        rope_theta=args.rope_theta)  # fmt: skip
     net, steps, losses = train(recipe, args.budget)
+    if args.save_net:
+        torch.save({"state_dict": net.state_dict(), "recipe": recipe.__dict__, "steps": steps,
+                    "frames": args.frames, "speed": dr.SPEED,
+                    "glyphs": args.glyphs}, args.save_net)  # fmt: skip
     result, rows = probe(net, recipe)
     out = Path(args.out)
     grid = dr.write_grid(rows, out.with_suffix(".png"))
