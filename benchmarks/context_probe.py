@@ -165,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--out", default=str(dr.RESULTS / "context_probe.json"))
     p.add_argument("--glyphs", type=int, default=None,
-                   help="both splits draw their digits from the first N train digit images "
-                        "(train and test clips then differ in motion, place and length only)")  # fmt: skip
+                   help="both splits draw their digits from N train digit images "
+                        "(moving_mnist's glyphs: train and test clips then differ in motion, "
+                        "place and length only)")  # fmt: skip
+    p.add_argument("--method", default="flowception",
+                   choices=["flowception", "full_sequence", "autoregressive"],
+                   help="method.method: the training law (baselines train every frame)")  # fmt: skip
     p.add_argument("--save-net", default=None,
                    help="also write the EMA weights and the recipe here (torch.save) for "
                         "benchmarks/sampler_probe.py")  # fmt: skip
@@ -174,17 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     dr.MIN_FRAMES, dr.MAX_FRAMES = args.frames  # data and method_for read them at call time
     dr.SPEED = 0.0 if args.static else args.speed  # dr.videos reads it at call time
-    if args.glyphs:
-        import flowception.pipelines.sources as sources
-
-        pool = sources.split_digits("train")[: args.glyphs]
-        sources.split_digits = lambda split: pool  # moving_mnist reads it at call time
+    if args.method != "flowception":
+        law = dr.method_for
+        dr.method_for = lambda r: law(r).replace(method=args.method, num_frames=args.frames[1])
+    dr.GLYPHS = args.glyphs  # dr.videos reads it at call time
     name = f"{args.size}-p{args.patch}-f{args.frame_budget}-{args.digits}digit"
     name += "-static" if args.static else "" if args.speed is None else f"-speed{args.speed:g}"
     name += "-noqknorm" if args.no_qk_norm else ""
     name += "-nearestctx" if args.context_stream == "nearest_context" else ""
     name += f"-theta{args.rope_theta:g}" if args.rope_theta != 10000.0 else ""
     name += f"-glyphs{args.glyphs}" if args.glyphs else ""
+    name += f"-{args.method}" if args.method != "flowception" else ""
     recipe = dr.Recipe(name, size=args.size,
                        patch=args.patch, frame_budget=args.frame_budget, lr=args.lr,
                        digits=args.digits, qk_norm=not args.no_qk_norm,
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_net:
         torch.save({"state_dict": net.state_dict(), "recipe": recipe.__dict__, "steps": steps,
                     "frames": args.frames, "speed": dr.SPEED,
-                    "glyphs": args.glyphs}, args.save_net)  # fmt: skip
+                    "glyphs": args.glyphs, "method": args.method}, args.save_net)  # fmt: skip
     result, rows = probe(net, recipe)
     out = Path(args.out)
     grid = dr.write_grid(rows, out.with_suffix(".png"))

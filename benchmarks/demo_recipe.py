@@ -52,6 +52,7 @@ from flowception.pipelines.sources import moving_mnist
 RESULTS = Path(__file__).resolve().parent / "results"
 MIN_FRAMES, MAX_FRAMES, SIZE = 10, 16, 32  # the demo's data (eval/demo.py make_data)
 SPEED: float | None = None  # digit speed in px/frame (None: moving_mnist's default)
+GLYPHS: int | None = None  # digit images both splits draw from (None: all of each split's)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def videos(num: int, split: str, digits: int, seed: int) -> list[torch.Tensor]:
     """Moving MNIST clips in ``[-1, 1]``, each ``[T, 1, 32, 32]``, T in [10, 16]."""
     clips = moving_mnist(num, split=split, size=SIZE, min_frames=MIN_FRAMES,
                          max_frames=MAX_FRAMES, num_digits=digits, seed=seed,
-                         speed=SPEED)  # fmt: skip
+                         speed=SPEED, glyphs=GLYPHS)  # fmt: skip
     return [torch.from_numpy(c.frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for c in clips]
 
 

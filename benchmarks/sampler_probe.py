@@ -46,11 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     recipe = dr.Recipe(**saved["recipe"])
     dr.MIN_FRAMES, dr.MAX_FRAMES = saved["frames"]
     dr.SPEED = saved["speed"]
-    if saved.get("glyphs"):
-        import flowception.pipelines.sources as sources
-
-        pool = sources.split_digits("train")[: saved["glyphs"]]
-        sources.split_digits = lambda split: pool  # as context_probe.py --glyphs
+    dr.GLYPHS = saved.get("glyphs")
+    if saved.get("method", "flowception") != "flowception":
+        law = dr.method_for
+        dr.method_for = lambda r: law(r).replace(method=saved["method"], num_frames=dr.MAX_FRAMES)
     net = DiT(recipe.model_config())
     net.load_state_dict(saved["state_dict"])
     net.eval()

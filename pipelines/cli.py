@@ -66,6 +66,11 @@ def register(subparsers: Any) -> None:
         "--speed", type=float, default=None,
         help="digit speed in px/frame (default: a sixteenth of the room, 1.125 at --size 32)",
     )  # fmt: skip
+    mnist.add_argument(
+        "--glyphs", type=int, default=None,
+        help="both splits draw digits from N train digit images, one class after another "
+        "(10: one of each class; default: all of the split's)",
+    )  # fmt: skip
     mnist.add_argument("--fps", type=float, default=10.0, help="frame rate stored in the MP4s")
     mnist.add_argument("--seed", type=int, default=0, help="seed of digits, paths and lengths")
     folder = make.add_argument_group("folder")
@@ -133,10 +138,12 @@ def make_shards(args: argparse.Namespace) -> int:
             fps=args.fps,
             seed=args.seed,
             speed=args.speed,
+            glyphs=args.glyphs,
         )
         total, meta = args.num_videos, {"source": "moving_mnist", "split": args.split}
-        if args.speed is not None:
-            meta["speed"] = args.speed
+        for name in ("speed", "glyphs"):
+            if getattr(args, name) is not None:
+                meta[name] = getattr(args, name)
     else:
         if not args.folder:
             raise ValueError("make-shards folder: --folder is required")

@@ -93,6 +93,7 @@ def moving_mnist(
     fps: float = 10.0,
     seed: int = 0,
     speed: float | None = None,
+    glyphs: int | None = None,
 ) -> Iterator[Clip]:
     """Moving MNIST clips: digits bouncing off the walls of a ``size x size`` canvas.
 
@@ -100,7 +101,11 @@ def moving_mnist(
     values for a fixed length), its digits from the split, and a start position and
     direction per digit; digits are scaled by ``size / 64`` and combined with ``max``.
     ``speed`` is in pixels per frame (default: a sixteenth of the room the digit has to
-    move in, 1.125 px at size 32; 0 = static digits).
+    move in, 1.125 px at size 32; 0 = static digits). ``glyphs = N`` draws the digits of
+    both splits from ``N`` digit images spread evenly over the train split (sorted by
+    class, so 10 gives one image of each class): train and test clips then differ in
+    motion, place and length, not in the digits' shapes (default: each split's own
+    4000 / 1000 images).
 
     Yields:
         ``Clip`` with ``frames`` ``uint8 [T, size, size, 1]``, ``label`` the class of
@@ -114,6 +119,11 @@ def moving_mnist(
         )
     images, labels = mnist_digits()
     pool = split_digits(split)
+    if glyphs is not None:
+        train = split_digits("train")
+        if not 1 <= glyphs <= len(train):
+            raise ValueError(f"moving_mnist: glyphs={glyphs!r} outside [1, {len(train)}]")
+        pool = train[np.linspace(0, len(train) - 1, glyphs).round().astype(np.int64)]
     digit = max(4, round(28 * size / 64))
     room = size - digit
     if room <= 0:

@@ -143,3 +143,34 @@ def test_make_shards_speed_reaches_the_clips(tmp_path, capsys):
         spread[name] = max(float(np.abs(v - v[:1]).max()) for v in videos)
     capsys.readouterr()
     assert spread["still"] < 40 < spread["moving"], spread
+
+
+def test_make_shards_glyphs_share_digit_images_across_splits(tmp_path, capsys):
+    """``--glyphs 1``: every clip of both splits shows the first train digit image (its
+    class in every label, its pixels in every still frame), recorded in ``index.json``."""
+    import numpy as np
+
+    from flowception.pipelines.config import DataConfig
+    from flowception.pipelines.dataset import decode_rows, read_shard_rows
+    from flowception.pipelines.shards import list_shards
+    from flowception.pipelines.sources import mnist_digits, split_digits
+
+    images, labels = mnist_digits()
+    first = int(split_digits("train")[0])
+    ink = {}
+    for split in ("train", "test"):
+        out = tmp_path / split
+        args = ["--size", "32", "--num-videos", "6", "--min-frames", "4", "--max-frames", "4",
+                "--digits", "1", "--speed", "0", "--glyphs", "1", "--split", split]  # fmt: skip
+        assert main(["data", "make-shards", "moving-mnist", "--out", str(out), *args]) == 0
+        index = json.loads((out / "index.json").read_text())
+        assert index["meta"]["glyphs"] == 1
+        cfg = DataConfig(shards=str(out), size=32, channels=1, clip_start="first", shuffle=False)
+        rows = read_shard_rows(cfg, list_shards(str(out))[0].url, 0, 0)
+        batch = decode_rows(rows, cfg)
+        assert [int(x) for x in batch["label"]] == [int(labels[first])] * 6, split
+        ink[split] = sorted(float(np.asarray(v, dtype=np.float32)[0].sum()) for v in batch["video"])
+    capsys.readouterr()
+    # one digit image at different places: the same ink in every clip, up to the codec
+    spread = max(ink["train"] + ink["test"]) / min(ink["train"] + ink["test"])
+    assert spread < 1.15, ink
