@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         help="model.context_stream (nearest_context: passive context in every frame's stream)",
     )  # fmt: skip
     p.add_argument("--rope-theta", type=float, default=10000.0, help="model.rope_theta")
+    p.add_argument("--time-shift", type=float, default=1.0,
+                   help="method.time_shift (E3; > 1 spends more of training and sampling "
+                        "at noisy times)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument(
         "--frames", type=int, nargs=2, default=[dr.MIN_FRAMES, dr.MAX_FRAMES],
@@ -188,12 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     name += "-nearestctx" if args.context_stream == "nearest_context" else ""
     name += f"-theta{args.rope_theta:g}" if args.rope_theta != 10000.0 else ""
     name += f"-glyphs{args.glyphs}" if args.glyphs else ""
+    name += f"-shift{args.time_shift:g}" if args.time_shift != 1.0 else ""
     name += f"-{args.method}" if args.method != "flowception" else ""
     recipe = dr.Recipe(name, size=args.size,
                        patch=args.patch, frame_budget=args.frame_budget, lr=args.lr,
                        digits=args.digits, qk_norm=not args.no_qk_norm,
                        context_stream=args.context_stream,
-                       rope_theta=args.rope_theta)  # fmt: skip
+                       rope_theta=args.rope_theta,
+                       time_shift=args.time_shift)  # fmt: skip
     net, steps, losses = train(recipe, args.budget)
     if args.save_net:
         torch.save({"state_dict": net.state_dict(), "recipe": recipe.__dict__, "steps": steps,
