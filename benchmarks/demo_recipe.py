@@ -163,11 +163,15 @@ class Fit:
     train_s: float
 
 
-def fit(recipe: Recipe, budget_s: float, seed: int, num_train: int) -> Fit:
-    """Train ``recipe`` for ``budget_s`` seconds (the schedule runs on the share spent)."""
+def fit(recipe: Recipe, budget_s: float, seed: int, num_train: int, *,
+        pool: list[torch.Tensor] | None = None, cfg: Any = None) -> Fit:  # fmt: skip
+    """Train ``recipe`` for ``budget_s`` seconds (the schedule runs on the share spent).
+
+    ``pool`` (clips ``[T, C, H, W]``) and ``cfg`` (their DiT) replace the arm's pixel clips
+    and model, e.g. with latents (``benchmarks/latent_probe.py``)."""
     method = method_for(recipe)
-    cfg = recipe.model_config()
-    train = videos(num_train, "train", recipe.digits, seed)
+    cfg = cfg if cfg is not None else recipe.model_config()
+    train = pool if pool is not None else videos(num_train, "train", recipe.digits, seed)
     torch.manual_seed(seed)
     rate_init = mean_insertion_target(MAX_FRAMES, method)
     net = DiT(cfg, rate_init=rate_init)
