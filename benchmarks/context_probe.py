@@ -181,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     dr.MIN_FRAMES, dr.MAX_FRAMES = args.frames  # data and method_for read them at call time
     dr.SPEED = 0.0 if args.static else args.speed  # dr.videos reads it at call time
-    if args.method != "flowception":
-        law = dr.method_for
-        dr.method_for = lambda r: law(r).replace(method=args.method, num_frames=args.frames[1])
     dr.GLYPHS = args.glyphs  # dr.videos reads it at call time
     name = f"{args.size}-p{args.patch}-f{args.frame_budget}-{args.digits}digit"
     name += "-static" if args.static else "" if args.speed is None else f"-speed{args.speed:g}"
@@ -198,12 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                        digits=args.digits, qk_norm=not args.no_qk_norm,
                        context_stream=args.context_stream,
                        rope_theta=args.rope_theta,
-                       time_shift=args.time_shift)  # fmt: skip
+                       time_shift=args.time_shift, method=args.method)  # fmt: skip
     net, steps, losses = train(recipe, args.budget)
     if args.save_net:
         torch.save({"state_dict": net.state_dict(), "recipe": recipe.__dict__, "steps": steps,
                     "frames": args.frames, "speed": dr.SPEED,
-                    "glyphs": args.glyphs, "method": args.method}, args.save_net)  # fmt: skip
+                    "glyphs": args.glyphs}, args.save_net)  # fmt: skip
     result, rows = probe(net, recipe)
     out = Path(args.out)
     grid = dr.write_grid(rows, out.with_suffix(".png"))

@@ -73,6 +73,7 @@ class Recipe:
     context_stream: str = "context_frames"  # model.context_stream (spec default)
     rope_theta: float = 10000.0  # model.rope_theta
     time_shift: float = 1.0  # method.time_shift (E3), in training and sampling alike
+    method: str = "flowception"  # method.method: a baseline's law trains every frame
 
     def model_config(self):
         """The arm's DiT on the demo's frames."""
@@ -99,8 +100,9 @@ QUICK = ["tiny-p4-f32", "s128-p4-f64"]
 
 
 def method_for(recipe: Recipe) -> MethodConfig:
-    return MethodConfig(task="image_to_video", uncond_prob=recipe.uncond_prob, n_start=2,
-                        max_frames=MAX_FRAMES, num_steps=16,
+    return MethodConfig(method=recipe.method, task="image_to_video",
+                        uncond_prob=recipe.uncond_prob, n_start=2, max_frames=MAX_FRAMES,
+                        num_frames=MAX_FRAMES, num_steps=16,
                         time_shift=recipe.time_shift)  # fmt: skip
 
 

@@ -47,9 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     dr.MIN_FRAMES, dr.MAX_FRAMES = saved["frames"]
     dr.SPEED = saved["speed"]
     dr.GLYPHS = saved.get("glyphs")
-    if saved.get("method", "flowception") != "flowception":
-        law = dr.method_for
-        dr.method_for = lambda r: law(r).replace(method=saved["method"], num_frames=dr.MAX_FRAMES)
     net = DiT(recipe.model_config())
     net.load_state_dict(saved["state_dict"])
     net.eval()

@@ -155,7 +155,7 @@ def test_make_shards_glyphs_share_digit_images_across_splits(tmp_path, capsys):
     from flowception.pipelines.shards import list_shards
     from flowception.pipelines.sources import mnist_digits, split_digits
 
-    images, labels = mnist_digits()
+    _, labels = mnist_digits()
     first = int(split_digits("train")[0])
     ink = {}
     for split in ("train", "test"):
