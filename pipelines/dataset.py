@@ -444,6 +444,9 @@ def build_dataset(
     # not have: with 2 CPUs the second task then waited ~1 s for a budget (ray.timeline
     # and the ray-data debug log; README "Benchmarks"). ``concurrency`` already caps it.
     ds.context.op_resource_reservation_enabled = False
+    from flowception.pipelines.loop_pace import install
+
+    install(ds.context)  # no busy loop while the consumer trains (pipelines.loop_pace)
     return ds
 
 

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,21 @@ def test_shard_bytes_equal_their_index_checksums(mnist_dir):
         data = Path(shard.url).read_bytes()
         assert hashlib.sha256(data).hexdigest() == shard.sha256
         assert len(read_samples(data)) == shard.num_samples
+
+
+def test_reader_loop_does_not_spin_while_the_consumer_is_busy(ray_data, mnist_dir):
+    """With batches queued and the consumer busy (a training step), Ray Data's executor
+    thread spins (95% of a core, ``benchmarks/loop_pace.py``); ``LoopPace`` paces it."""
+    from flowception.pipelines.loop_pace import LoopPace, thread_cpu_seconds
+
+    ds = build_dataset(data_cfg(mnist_dir, epochs=200, decode_workers=1))
+    assert LoopPace in ds.context.custom_execution_callback_classes
+    it = iter(ds.iter_batches(batch_size=2, batch_format="numpy"))
+    next(it)
+    time.sleep(2.0)  # the reads fill the queue; the loop then only waits for the consumer
+    cpu0, t0 = thread_cpu_seconds(), time.perf_counter()
+    for _ in range(10):
+        time.sleep(0.2)
+        next(it)
+    share = (thread_cpu_seconds() - cpu0) / (time.perf_counter() - t0)
+    assert share < 0.4, f"the executor thread used {share:.0%} of a core"
