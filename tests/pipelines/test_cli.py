@@ -174,3 +174,31 @@ def test_make_shards_glyphs_share_digit_images_across_splits(tmp_path, capsys):
     # one digit image at different places: the same ink in every clip, up to the codec
     spread = max(ink["train"] + ink["test"]) / min(ink["train"] + ink["test"])
     assert spread < 1.15, ink
+
+
+def test_train_vae_learns_to_reconstruct_held_out_frames(tmp_path, capsys):
+    """`data train-vae` trains a real diffusers AutoencoderKL on the shards' frames: the
+    held-out videos come back much closer than a blank frame, and the saved VAE is one
+    `VaeCodec` loads, with latents normalised to unit standard deviation."""
+    import numpy as np
+
+    from flowception.pipelines.latents import VaeCodec
+    from flowception.pipelines.vae_train import RECORD_NAME
+
+    shards, vae = tmp_path / "mm", tmp_path / "vae"
+    assert main(["data", "make-shards", "moving-mnist", "--out", str(shards), "--size", "16",
+                 "--num-videos", "32", "--min-frames", "8", "--max-frames", "8", "--digits", "1",
+                 "--glyphs", "2"]) == 0  # fmt: skip
+    assert main(["data", "train-vae", "--shards", str(shards), "--out", str(vae), "--steps",
+                 "150", "--block-channels", "8", "16", "--batch-size", "16"]) == 0  # fmt: skip
+    record = json.loads((vae / RECORD_NAME).read_text())
+    assert "held-out reconstruction mse" in capsys.readouterr().out
+    assert record["heldout_videos"] == 2 and record["latent_shape"] == [4, 8, 8]
+    assert record["heldout_recon_mse"] < 0.5 * record["heldout_blank_mse"], record
+    codec = VaeCodec("image", str(vae), "cpu")
+    clip = np.zeros((3, 16, 16, 1), np.uint8)
+    clip[:, 4:12, 6:10] = 255
+    z = codec.encode(clip)
+    assert z.shape == (3, 4, 8, 8)
+    assert codec.decode(z).shape == (3, 1, 16, 16)
+    assert abs(record["latent_std"] * codec.info.scaling_factor - 1.0) < 1e-6
