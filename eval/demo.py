@@ -44,15 +44,16 @@ class DemoPlan:
     eval_videos: int
     sample_videos: int
     checkpoint_every: int
-    vae_steps: int
+    vae_steps: int = 0  # autoencoder steps (the demo's stage 2; experiments train on pixels)
+    digits: int = 2  # moving digits a clip (the demo: one)
 
     @classmethod
     def make(cls, quick: bool, steps: int | None) -> DemoPlan:
         if quick:
             return cls(train_videos=48, test_videos=12, steps=steps or 30, eval_videos=6,
-                       sample_videos=4, checkpoint_every=15, vae_steps=30)  # fmt: skip
+                       sample_videos=4, checkpoint_every=15, vae_steps=30, digits=1)  # fmt: skip
         return cls(train_videos=400, test_videos=48, steps=steps or 1800, eval_videos=32,
-                   sample_videos=8, checkpoint_every=600, vae_steps=900)  # fmt: skip
+                   sample_videos=8, checkpoint_every=600, vae_steps=900, digits=1)  # fmt: skip
 
 
 def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
@@ -62,11 +63,11 @@ def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
 
     out = {}
     for split, n in (("train", plan.train_videos), ("test", plan.test_videos)):
-        path = root / "moving_mnist_1digit" / split  # one digit a clip (older demos: two)
+        path = root / f"moving_mnist_{plan.digits}digit" / split
         if not (path / "index.json").exists():
             args = ["data", "make-shards", "moving-mnist", "--out", str(path), "--size", "32",
                     "--split", split, "--num-videos", str(n), "--min-frames", "10", "--max-frames", "16",
-                    "--max-samples", "12", "--digits", "1"]  # fmt: skip
+                    "--max-samples", "12", "--digits", str(plan.digits)]  # fmt: skip
             if cli(args) != 0:
                 raise RuntimeError(f"making {path} failed")
         out[split] = str(path)
