@@ -125,8 +125,9 @@ def train_image_vae(
     """Train ``recipe``'s autoencoder on the frames of ``videos`` and save it to ``out``.
 
     Args:
-        videos: ``uint8 [T, H, W, C]`` clips of one size; every ``holdout_every``-th is
-            held out (never trained on) for the reconstruction figure.
+        videos: ``uint8 [T, H, W, C]`` clips of one size; every ``holdout_every``-th (the
+            last one when there are fewer) is held out (never trained on) for the
+            reconstruction figure.
         out: local directory (``save_pretrained`` layout plus ``train_vae.json``).
         recipe: architecture and optimiser.
         progress: called with ``(step, loss)`` after every step.
@@ -136,9 +137,9 @@ def train_image_vae(
     """
     if len(videos) < 2:
         raise ValueError(f"train-vae: {len(videos)} usable video(s); need at least 2")
-    held = [v for i, v in enumerate(videos) if i % recipe.holdout_every == recipe.holdout_every - 1]
-    used = [v for i, v in enumerate(videos) if i % recipe.holdout_every != recipe.holdout_every - 1]
-    held = held or used[-1:]
+    every = min(recipe.holdout_every, len(videos))  # fewer videos: the last one is held out
+    held = [v for i, v in enumerate(videos) if i % every == every - 1]
+    used = [v for i, v in enumerate(videos) if i % every != every - 1]
     frames, val = _frames(used), _frames(held)  # (N, C, H, W), (M, C, H, W)
     vae = build_autoencoder(recipe, frames.shape[1], frames.shape[2])
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.lr)

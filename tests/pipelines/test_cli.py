@@ -202,3 +202,16 @@ def test_train_vae_learns_to_reconstruct_held_out_frames(tmp_path, capsys):
     assert z.shape == (3, 4, 8, 8)
     assert codec.decode(z).shape == (3, 1, 16, 16)
     assert abs(record["latent_std"] * codec.info.scaling_factor - 1.0) < 1e-6
+
+
+def test_train_vae_holds_out_a_video_it_does_not_train_on_when_there_are_few(tmp_path):
+    """Fewer videos than ``holdout_every``: the last one is held out, not trained on."""
+    import numpy as np
+
+    from flowception.pipelines.vae_train import VaeRecipe, train_image_vae
+
+    videos = [np.full((2, 8, 8, 1), 40 * i, np.uint8) for i in range(3)]
+    recipe = VaeRecipe(steps=1, batch_size=2, block_out_channels=(4, 4))
+    record = train_image_vae(videos, str(tmp_path / "vae"), recipe)
+    assert (record["train_videos"], record["heldout_videos"]) == (2, 1)
+    assert (record["train_frames"], record["heldout_frames"]) == (4, 2)
