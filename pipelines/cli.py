@@ -116,6 +116,9 @@ def register(subparsers: Any) -> None:
     toy.add_argument("--channels", type=int, choices=[1, 3], default=1, help="pixel channels")
     toy.set_defaults(func=make_vae)
 
+    from flowception.pipelines.vae_train import VaeRecipe
+
+    recipe = VaeRecipe()  # the defaults below are the recipe's
     tv = sub.add_parser(
         "train-vae", help="train a small image VAE (AutoencoderKL) on pixel shards' frames"
     )
@@ -123,15 +126,17 @@ def register(subparsers: Any) -> None:
     tv.add_argument("--out", required=True, help="local directory (save_pretrained layout)")
     tv.add_argument("--size", type=int, default=None, help="frame side (default: index.json's)")
     tv.add_argument("--channels", type=int, choices=[1, 3], default=1, help="pixel channels")
-    tv.add_argument("--steps", type=int, default=1500, help="optimiser steps")
-    tv.add_argument("--batch-size", type=int, default=32, help="frames per step")
-    tv.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine)")
+    tv.add_argument("--steps", type=int, default=recipe.steps, help="optimiser steps")
+    tv.add_argument("--batch-size", type=int, default=recipe.batch_size, help="frames per step")
+    tv.add_argument("--lr", type=float, default=recipe.lr, help="peak learning rate (cosine)")
     tv.add_argument(
-        "--block-channels", type=int, nargs="+", default=[16, 32, 32],
+        "--block-channels", type=int, nargs="+", default=list(recipe.block_out_channels),
         help="channels per encoder block; each block after the first halves the side",
     )  # fmt: skip
-    tv.add_argument("--latent-channels", type=int, default=4, help="latent channels")
-    tv.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    tv.add_argument(
+        "--latent-channels", type=int, default=recipe.latent_channels, help="latent channels"
+    )
+    tv.add_argument("--seed", type=int, default=recipe.seed, help="initialisation and batch order")
     tv.add_argument("--s3-endpoint", default=None, help="S3 endpoint (else AWS_ENDPOINT_URL)")
     tv.set_defaults(func=train_vae)
 
