@@ -146,13 +146,16 @@ def log_exported_model(
     return LoggedModel(info.model_uri, getattr(info, "model_id", None), name, str(version))
 
 
-def link_eval_run(client: Any, train_run_id: str, eval_run_id: str, step: int | None) -> str | None:
+def link_eval_run(
+    client: Any, train_run_id: str, eval_run_id: str, step: int | None, qualifier: str | None = None
+) -> str | None:
     """Tie an eval child run to the registered model of the same step, both ways.
 
     The eval run gets ``flowception.model_name`` / ``flowception.model_version`` tags and the
-    model version a ``flowception.eval_run`` tag, so the registry shows what each evaluated
-    version scored. Returns ``name/version``, or ``None`` when no version has that step
-    (an intermediate checkpoint: only the exported one is registered).
+    model version a ``flowception.eval_run`` tag (``flowception.eval_run.<qualifier>`` for
+    an evaluation of another task than the training one), so the registry shows what each
+    evaluated version scored. Returns ``name/version``, or ``None`` when no version has that
+    step (an intermediate checkpoint: only the exported one is registered).
     """
     if step is None:
         return None
@@ -160,6 +163,7 @@ def link_eval_run(client: Any, train_run_id: str, eval_run_id: str, step: int | 
         if v.tags.get("flowception.step") == str(step):
             client.set_tag(eval_run_id, "flowception.model_name", v.name)
             client.set_tag(eval_run_id, "flowception.model_version", str(v.version))
-            client.set_model_version_tag(v.name, v.version, "flowception.eval_run", eval_run_id)
+            tag = "flowception.eval_run" + (f".{qualifier}" if qualifier else "")
+            client.set_model_version_tag(v.name, v.version, tag, eval_run_id)
             return f"{v.name}/{v.version}"
     return None

@@ -20,7 +20,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
+
+from flowception.eval.job import EvalTask
 
 Direction = Literal["min", "max", "info"]
 _FVD = r"fvd\d+(?:r\d+g)?_\d+f(?:_\d+px)?"
@@ -49,9 +51,24 @@ pick the best value, ``info`` has none (counts, settings, reference points)."""
 PLOTS_PER_PAGE = 12
 
 
+EVAL_PREFIX = re.compile(
+    r"eval/(?:(?:{})/)?".format("|".join(t for t in get_args(EvalTask) if t != "auto"))
+)
+"""How the training run names an evaluation's metrics: ``eval/<key>``, or
+``eval/<task>/<key>`` for a task other than the training one (``eval.job.task_qualifier``)."""
+
+
+def split_eval(metric: str) -> tuple[str, str]:
+    """``(prefix, name)``: ``eval/unconditional/length/wasserstein`` ->
+    ``("eval/unconditional/", "length/wasserstein")``; ``("", metric)`` for training metrics."""
+    match = EVAL_PREFIX.match(metric)
+    return (match.group(0), metric[match.end() :]) if match else ("", metric)
+
+
 def direction(metric: str) -> Direction | None:
-    """The metric's entry in :data:`DIRECTIONS` (``eval/`` prefix ignored); None when unknown."""
-    name = metric.removeprefix("eval/")
+    """The metric's entry in :data:`DIRECTIONS` (``eval/`` and ``eval/<task>/`` prefixes
+    ignored); None when unknown."""
+    name = split_eval(metric)[1]
     for pattern, d in DIRECTIONS:
         if re.fullmatch(pattern, name):
             return d
@@ -130,8 +147,7 @@ def summarize(client, ref: str, metrics: Sequence[str] | None = None) -> RunSumm
 
 def data_reference(final: dict[str, float], key: str) -> str:
     """The real-data reference of ``key`` in the same run (``-`` when there is none)."""
-    prefix = "eval/" if key.startswith("eval/") else ""
-    name = key.removeprefix("eval/")
+    prefix, name = split_eval(key)
     if re.fullmatch(_FVD, name):
         refs = [f"{k.rsplit('/', 1)[1]} {v:.4g}" for k, v in sorted(final.items())
                 if k.startswith(prefix) and re.fullmatch(rf"{_FVD}/(real_floor|static)",

@@ -121,6 +121,8 @@ class EvalResult:
     mlflow_run_id: str | None
     lengths: list[int]
     data_lengths: list[int]
+    task: str = "auto"
+    """The conditioning the videos were generated with."""
 
 
 STEP_RE = re.compile(r"step_(\d+)")
@@ -230,12 +232,21 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
     if vae is not None:
         params.update({"vae.kind": vae["kind"], "vae.dir": vae["dir"], "vae.sha256": vae["sha256"]})
         metrics.update(latent_length_metrics(gen, real_rows))
-    out_dir = Path(cfg.output_dir) / (f"step_{step:07d}" if step is not None else "checkpoint")
+    qualifier = task_qualifier(task, train_cfg.method.task)
+    folder = f"step_{step:07d}" if step is not None else "checkpoint"
+    out_dir = Path(cfg.output_dir) / (f"{folder}_{qualifier}" if qualifier else folder)
     files = write_outputs(out_dir, metrics, params, generated, lengths, data_lengths)
 
     # [5] MLflow
-    run_id = log_to_mlflow(cfg, step, metrics, params, files)
-    return EvalResult(step, metrics, params, out_dir, run_id, lengths, data_lengths)
+    run_id = log_to_mlflow(cfg, step, metrics, params, files, task=task, qualifier=qualifier)
+    return EvalResult(step, metrics, params, out_dir, run_id, lengths, data_lengths, task)
+
+
+def task_qualifier(task: str, trained: str) -> str | None:
+    """The task's name where an evaluation's results are kept apart (output folder, child
+    run name, ``eval/<task>/...`` metrics in the training run); ``None`` for the training
+    task, whose results keep the plain names."""
+    return None if task == trained else task
 
 
 def run_vae(cfg: EvalJobConfig, train_cfg: Any) -> dict[str, str] | None:
@@ -515,9 +526,18 @@ def write_outputs(
 
 
 def log_to_mlflow(
-    cfg: EvalJobConfig, step: int | None, metrics: dict, params: dict, files: list[Path]
+    cfg: EvalJobConfig,
+    step: int | None,
+    metrics: dict,
+    params: dict,
+    files: list[Path],
+    *,
+    task: str = "auto",
+    qualifier: str | None = None,
 ) -> str | None:
-    """A child run under the training run, and the headline metrics in the training run."""
+    """A child run under the training run, and the headline metrics in the training run
+    (``eval/<key>``; ``eval/<qualifier>/<key>`` for a task other than the training one, so
+    the two evaluations of one step do not overwrite each other)."""
     info = run_info(cfg.checkpoint, cfg.endpoint_url)
     uri = cfg.tracking_uri or info.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -533,10 +553,13 @@ def log_to_mlflow(
         exp = client.get_experiment_by_name("flowception-eval")
         experiment_id = exp.experiment_id if exp else client.create_experiment("flowception-eval")
     tags = {"flowception.kind": "eval", "flowception.checkpoint": cfg.checkpoint,
-            "flowception.eval_step": str(step if step is not None else -1), "flowception.eval_status": "running"}  # fmt: skip
+            "flowception.eval_step": str(step if step is not None else -1), "flowception.eval_status": "running",
+            "flowception.eval_task": task}  # fmt: skip
     if parent:
         tags["mlflow.parentRunId"] = parent
     name = f"eval-step_{step:07d}" if step is not None else "eval"
+    name += f"-{qualifier}" if qualifier else ""
+    prefix = f"eval/{qualifier}/" if qualifier else "eval/"
     child = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
     from flowception.cluster.tracking import safe_params
     from flowception.config import flatten
@@ -547,14 +570,14 @@ def log_to_mlflow(
     for key, value in metrics.items():
         client.log_metric(child, key, value, step=step or 0)
         if parent:
-            client.log_metric(parent, f"eval/{key}", value, step=step or 0)
+            client.log_metric(parent, f"{prefix}{key}", value, step=step or 0)
     for path in files:
         sub = "videos" if path.parent.name == "videos" else None
         client.log_artifact(child, str(path), sub)
     if parent:
         from flowception.cluster.registry import link_eval_run
 
-        link_eval_run(client, parent, child, step)
+        link_eval_run(client, parent, child, step, qualifier)
     client.set_tag(child, "flowception.eval_status", "done")
     client.set_terminated(child)
     return child

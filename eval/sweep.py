@@ -36,7 +36,8 @@ KEY_TAG = "flowception.eval_key"
 
 def done_key(cfg: EvalJobConfig) -> str:
     """16 hex digits over what makes two evaluations comparable: FVD protocol hash, clip
-    counts (generated, real) and the detector's sha256."""
+    counts (generated, real), the detector's sha256 and a task other than the training
+    one (``auto`` adds nothing, so earlier keys still match)."""
     from flowception.eval.assets import read_bytes, recorded_sha256, sha256_bytes
 
     detector = cfg.eval.detector
@@ -47,6 +48,8 @@ def done_key(cfg: EvalJobConfig) -> str:
         "num_real": cfg.num_real or cfg.num_videos,
         "detector": sha or sha256_bytes(read_bytes(detector)),
     }
+    if cfg.task != "auto":
+        key["task"] = cfg.task
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -185,11 +185,13 @@ def test_sweep_dry_run_and_done_key(tmp_path, capsys, monkeypatch):
         (out / f"step_{step:07d}" / f"done-{key}").write_text(key)
     assert main(args) == 0
     assert "nothing pending" in capsys.readouterr().out
-    # another protocol (more clips, another detector) evaluates again
+    # another protocol (more clips, another detector) or another task evaluates again
+    assert done_key(load_job_config(str(run), [*base, "task=auto"])) == key
     for other in (
         "num_videos=64",
         "eval.protocol.num_fake=64",
         "eval.detector_sha256=" + "cd" * 32,
+        "task=unconditional",
     ):
         assert done_key(load_job_config(str(run), [*base, other])) != key
     assert main([*args[:-1], "num_videos=64", "--dry-run"]) == 0

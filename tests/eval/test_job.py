@@ -331,6 +331,35 @@ def test_compare_runs_table_and_plot(mlflow_server, tmp_path):
         compare_runs(["no-such-run"], tracking_uri=mlflow_server, out_dir=tmp_path)
 
 
+def test_compare_reads_each_task_against_its_own_references():
+    """A training run holds both evaluations of a step, ``eval/<key>`` (the training task)
+    and ``eval/unconditional/<key>``: each is read against its own task's reference points
+    and has the direction of its unprefixed name."""
+    from flowception.eval.compare import data_reference, direction, split_eval
+
+    final = {"eval/fvd32_10f": 200.0, "eval/fvd32_10f/static": 260.0,
+             "eval/length/mean_generated": 13.0, "eval/length/mean_data": 12.5,
+             "eval/real/vbench/temporal_flickering": 0.95,
+             "eval/unconditional/fvd32_10f": 300.0, "eval/unconditional/fvd32_10f/static": 261.0,
+             "eval/unconditional/length/mean_generated": 14.0,
+             "eval/unconditional/length/mean_data": 12.6,
+             "eval/unconditional/real/vbench/temporal_flickering": 0.97}  # fmt: skip
+    assert data_reference(final, "eval/fvd32_10f") == "static 260"
+    assert data_reference(final, "eval/unconditional/fvd32_10f") == "static 261"
+    assert data_reference(final, "eval/unconditional/length/mean_generated") == "12.6"
+    assert data_reference(final, "eval/unconditional/vbench/temporal_flickering") == "0.97"
+    assert data_reference(final, "eval/vbench/temporal_flickering") == "0.95"
+    assert split_eval("eval/unconditional/length/wasserstein") == (
+        "eval/unconditional/",
+        "length/wasserstein",
+    )
+    assert split_eval("loss") == ("", "loss")
+    for key, want in (("eval/unconditional/length/wasserstein", "min"),
+                      ("eval/unconditional/fvd32_10f/static", "info"),
+                      ("eval/image_to_video/fvd32_10f", "min")):  # fmt: skip
+        assert direction(key) == want, key
+
+
 def test_feature_actor_real_rows_carry_static_clips_and_scores(i3d_weights):
     """Real rows: I3D of the protocol clip, of the first frame held for the clip's length
     (the static baseline), and the same per-video scores as generated rows; videos shorter
