@@ -17,10 +17,11 @@ Stages (each prints ``[k/8]``; long ones show progress bars):
 [5] samples: image-to-video and unconditional videos of varied length, decoded by the
     autoencoder: a frame grid coloured by birth iteration, gifs
 [6] evaluation: the eval job on decoded videos (FVD with the real I3D, VBench-style
-    scores, length law)
+    scores, length law) for image-to-video, then for unconditional generation (FVD,
+    flicker, smoothness, length law; the real clips' I3D statistics are cached and reused)
 [7] plots: loss curves from MLflow
 [8] stop what was started, print where to look
-Everything lands in MLflow (the training run and its eval child run) and ``--out``.
+Everything lands in MLflow (the training run and its two eval child runs) and ``--out``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo-latent-cpu.yaml"
+UNCOND_METRICS = ("fvd", "temporal_flickering", "motion_smoothness", "length")
+"""What the demo measures of unconditional videos (the image-to-video eval has them all);
+``--quick`` leaves out FVD, which needs two generated videos of the protocol's 10 frames."""
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,14 @@ class DemoPlan:
     checkpoint_every: int
     vae_steps: int = 0  # autoencoder steps (the demo's stage 2; experiments train on pixels)
     digits: int = 2  # moving digits a clip (the demo: one)
+    uncond_metrics: tuple[str, ...] = UNCOND_METRICS  # the unconditional eval's (stage 6)
 
     @classmethod
     def make(cls, quick: bool, steps: int | None) -> DemoPlan:
         if quick:
             return cls(train_videos=48, test_videos=12, steps=steps or 30, eval_videos=6,
-                       sample_videos=4, checkpoint_every=15, vae_steps=30, digits=1)  # fmt: skip
+                       sample_videos=4, checkpoint_every=15, vae_steps=30, digits=1,
+                       uncond_metrics=UNCOND_METRICS[1:])  # no FVD: a few steps, videos < 10 frames  # fmt: skip
         return cls(train_videos=400, test_videos=48, steps=steps or 1800, eval_videos=32,
                    sample_videos=8, checkpoint_every=600, vae_steps=900, digits=1)  # fmt: skip
 
@@ -244,15 +250,20 @@ def run_demo(
                 summary["sample_lengths"] = samples(
                     result.export, data, out, plan, uri, result.mlflow_run_id
                 )
-                con.stage(6, 8, "evaluation: FVD (real I3D), VBench-style metrics, length law")
-                job = load_job_config(result.checkpoint, [
+                con.stage(6, 8, "evaluation: FVD (real I3D), VBench-style metrics, length law; "
+                          "image-to-video, then unconditional")  # fmt: skip
+                base = [
                     f"eval.detector={i3d}", "eval.protocol.num_frames=10",
                     f"num_videos={plan.eval_videos}", "batch_size=4", f"shards={lat['test']}",
                     f"output_dir={out / 'eval'}", f"tracking_uri={uri}",
-                ])  # fmt: skip
-                ev = run_eval(job)
+                    f"eval.reference_cache={out / 'eval' / 'reference'}",  # real I3D stats once
+                ]  # fmt: skip
+                ev = run_eval(load_job_config(result.checkpoint, base))
                 summary["eval"] = ev.metrics
                 summary["eval_dir"] = str(ev.output_dir)
+                un = run_eval(load_job_config(result.checkpoint, [
+                    *base, "task=unconditional", f"eval.metrics=[{','.join(plan.uncond_metrics)}]"]))  # fmt: skip
+                summary["eval_unconditional"] = un.metrics
                 con.stage(7, 8, "plots: loss curves")
                 if result.mlflow_run_id:
                     summary["loss_curves"] = str(loss_curves(uri, result.mlflow_run_id, out))
@@ -272,8 +283,12 @@ def summary_lines(s: dict, out: Path) -> list[str]:
     ev = s.get("eval", {})
     lines = ["", "=" * 72,
              f"Flowception demo finished in {s['seconds']:.0f} s (training {s.get('train_seconds')} s)",
-             "How the model compares with the real data (same protocol, same clip counts):"]  # fmt: skip
+             "How the model compares with the real data (same protocol, same clip counts):",
+             "  image-to-video (each test video's first frame given):"]  # fmt: skip
     lines += [f"  - {line}" for line in compare_with_reference(ev)]
+    if un := s.get("eval_unconditional"):
+        lines.append("  unconditional (no frame given):")
+        lines += [f"  - {line}" for line in compare_with_reference(un)]
     lines.append(f"  sample lengths: {s.get('sample_lengths')}")
     if ae := s.get("autoencoder"):
         lines.append(f"  autoencoder: held-out reconstruction mse {ae['heldout_recon_mse']:.4f} "

@@ -49,6 +49,13 @@ def test_quick_demo_end_to_end(tmp_path):
     subject = next(v for k, v in ev.items() if k.endswith("subject_consistency_i3d")
                    and not k.startswith("real/"))  # fmt: skip
     assert math.isfinite(subject) or ev[f"{fvd_key}/skipped_fake"] > 0
+    # the unconditional eval: its own length law on the same real clips (--quick: no FVD)
+    un = summary["eval_unconditional"]
+    assert "unconditional (no frame given):" in proc.stdout
+    assert math.isfinite(un["length/wasserstein"])
+    assert un["length/mean_data"] == ev["length/mean_data"]
+    assert un["real/vbench/temporal_flickering"] == ev["real/vbench/temporal_flickering"]
+    assert not any(k.endswith("subject_consistency_i3d") or k.startswith("fvd") for k in un)
     lengths = summary["sample_lengths"]
     assert set(lengths) == {"image_to_video", "unconditional"}
     assert all(2 <= n <= 16 for v in lengths.values() for n in v)
@@ -69,20 +76,30 @@ def test_quick_demo_end_to_end(tmp_path):
         run = client.get_run(summary["mlflow_run_id"])
         metrics = run.data.metrics
         for key in ("loss", "loss_velocity", "loss_insertion", "train_flops", "diag/rate_mean",
-                    "diag/expected_length", f"eval/{fvd_key}"):  # fmt: skip
+                    "diag/expected_length", f"eval/{fvd_key}", "eval/unconditional/length/wasserstein"):  # fmt: skip
             assert key in metrics, key
+        assert metrics["eval/unconditional/length/wasserstein"] == un["length/wasserstein"]
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"demo_samples", "plots"} <= arts
         children = client.search_runs([run.info.experiment_id],
                                       filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")  # fmt: skip
-        assert [c.data.tags["flowception.eval_status"] for c in children] == ["done"]
+        assert [c.data.tags["flowception.eval_status"] for c in children] == ["done", "done"]
+        tasks = {c.data.tags["flowception.eval_task"]: c for c in children}
+        assert set(tasks) == {"image_to_video", "unconditional"}
+        assert tasks["unconditional"].info.run_name.endswith("-unconditional")
         # What the MLflow UI shows for the demo run: the commit, system metrics, and the
         # exported model registered under the run's name, tied to its eval run.
         assert run.data.tags["mlflow.source.git.commit"] == head
         assert "system/cpu_utilization_percentage" in metrics
         (version,) = client.search_model_versions(f"run_id='{run.info.run_id}'")
         assert version.name == run.info.run_name
-        assert children[0].data.tags["flowception.model_version"] == str(version.version)
+        assert tasks["image_to_video"].data.tags["flowception.model_version"] == str(
+            version.version
+        )
+        assert version.tags["flowception.eval_run"] == tasks["image_to_video"].info.run_id
+        assert (
+            version.tags["flowception.eval_run.unconditional"] == tasks["unconditional"].info.run_id
+        )
 
     # the EMA weights that samples and eval use were trained (not the zero-initialised heads)
     from safetensors.torch import load_file
