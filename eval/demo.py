@@ -1,6 +1,6 @@
 """``flowception demo``: the whole pipeline on the embedded default, from nothing.
 
-    make demo                       # = flowception demo           (28 min on 2 idle cores)
+    make demo                       # = flowception demo           (25 min on 2 idle cores)
     make demo-quick                 # = flowception demo --quick   (under 5 min)
     flowception demo --out outputs/demo --steps 300
 
