@@ -121,8 +121,6 @@ class EvalResult:
     mlflow_run_id: str | None
     lengths: list[int]
     data_lengths: list[int]
-    task: str = "auto"
-    """The conditioning the videos were generated with."""
 
 
 STEP_RE = re.compile(r"step_(\d+)")
@@ -239,7 +237,7 @@ def run_eval(cfg: EvalJobConfig, *, progress: bool = True) -> EvalResult:
 
     # [5] MLflow
     run_id = log_to_mlflow(cfg, step, metrics, params, files, task=task, qualifier=qualifier)
-    return EvalResult(step, metrics, params, out_dir, run_id, lengths, data_lengths, task)
+    return EvalResult(step, metrics, params, out_dir, run_id, lengths, data_lengths)
 
 
 def task_qualifier(task: str, trained: str) -> str | None:
