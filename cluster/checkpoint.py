@@ -29,6 +29,7 @@ DeepSpeed's pickles are read with ``weights_only=True`` and an allow-list
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -280,26 +282,45 @@ def resume_point(
 
 
 def fetch(uri: str, endpoint_url: str | None = None, dest: Path | None = None) -> Path:
-    """A complete checkpoint as a local directory (downloaded when remote), verified:
-    what is returned is what the manifest's digests describe.
+    """A complete checkpoint as a local directory, verified: what is returned is what the
+    manifest's digests describe. A remote one is downloaded to ``dest``, which the caller
+    removes (``fetched`` does both); a local one is read in place unless ``dest`` is given.
 
     Raises:
         FileNotFoundError: no valid manifest, or a file does not match its digest.
+        ValueError: a remote checkpoint and no ``dest``.
     """
     fs, path = storage.resolve(uri, endpoint_url)
+    if fs.type_name != "local" and dest is None:
+        raise ValueError(f"{uri}: a remote checkpoint needs dest= (or use checkpoint.fetched)")
     manifest = read_manifest(fs, path)
     if manifest is None:
         raise FileNotFoundError(f"{uri}: not a complete checkpoint (no valid {MANIFEST})")
-    if fs.type_name == "local" and dest is None:
+    if dest is None:
         local = Path(path)
     else:
-        dest = dest or Path(tempfile.mkdtemp(prefix="flowception-fetch-")) / Path(path).name
         local = storage.download_dir(fs, path, dest)
     local_fs = storage.pafs.LocalFileSystem()
     problem = digest_problem(local_fs, str(local), manifest)
     if problem is not None:
         raise FileNotFoundError(f"{uri}: not a complete checkpoint ({problem})")
     return local
+
+
+@contextlib.contextmanager
+def fetched(uri: str, endpoint_url: str | None = None) -> Iterator[Path]:
+    """``fetch`` for the length of a ``with`` block: a remote checkpoint is downloaded to a
+    scratch folder that is removed afterwards (also on error); a local one is read in place.
+    """
+    fs, path = storage.resolve(uri, endpoint_url)
+    if fs.type_name == "local":
+        yield fetch(uri, endpoint_url)
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="flowception-fetch-"))
+    try:
+        yield fetch(uri, endpoint_url, dest=scratch / Path(path).name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def merged_cursor(uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
@@ -442,11 +463,11 @@ def export_weights(
     uri = resolve_checkpoint(str(checkpoint), endpoint_url)
     if uri is None:
         raise FileNotFoundError(f"{checkpoint}: no complete checkpoint")
-    local = fetch(uri, endpoint_url)
-    manifest = json.loads((local / MANIFEST).read_text())
-    cfg = TrainConfig.from_dict(yaml.safe_load((local / "config.yaml").read_text()))
-    weights = consolidated_state_dict(local, manifest["zero_stage"])
-    ema = safe_io.load_tree(local / EMA_FILE)["shadow"]
+    with fetched(uri, endpoint_url) as local:
+        manifest = json.loads((local / MANIFEST).read_text())
+        cfg = TrainConfig.from_dict(yaml.safe_load((local / "config.yaml").read_text()))
+        weights = consolidated_state_dict(local, manifest["zero_stage"])
+        ema = safe_io.load_tree(local / EMA_FILE)["shadow"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"step": str(manifest["step"]), "config_hash": manifest["config_hash"]}
@@ -498,21 +519,28 @@ def load_inference_model(
         ValueError: the checkpoint's model config differs from ``expected`` (the
             differing fields are listed) or its tensors do not fit the DiT.
     """
+    src = str(path_or_uri)
+    fs, path = storage.resolve(src, endpoint_url)
+    with contextlib.ExitStack() as stack:
+        if storage.file_sizes(fs, path).get("model.safetensors") is None:
+            out = stack.enter_context(tempfile.TemporaryDirectory(prefix="flowception-export-"))
+            export_weights(src, out, endpoint_url=endpoint_url)
+        elif fs.type_name == "local":
+            out = path
+        else:
+            out = stack.enter_context(tempfile.TemporaryDirectory(prefix="flowception-export-"))
+            storage.download_dir(fs, path, Path(out))
+        return _inference_model(src, Path(out), weights, expected, device)
+
+
+def _inference_model(
+    src: str, out: Path, weights: str, expected: ModelConfig | None, device: Any
+) -> tuple[torch.nn.Module, TrainConfig]:
+    """``load_inference_model`` of the export directory ``out``."""
     from safetensors.torch import load_file
 
     from flowception.model.dit import DiT
 
-    src = str(path_or_uri)
-    fs, path = storage.resolve(src, endpoint_url)
-    scratch = None
-    if storage.file_sizes(fs, path).get("model.safetensors") is None:
-        out = scratch = Path(tempfile.mkdtemp(prefix="flowception-export-"))
-        export_weights(src, out, endpoint_url=endpoint_url)
-    elif fs.type_name == "local":
-        out = Path(path)
-    else:
-        out = scratch = Path(tempfile.mkdtemp(prefix="flowception-export-"))
-        storage.download_dir(fs, path, out)
     cfg = TrainConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()))
     if expected is not None and expected != cfg.model:
         diff = "; ".join(model_config_diff(cfg.model, expected))
@@ -526,6 +554,4 @@ def load_inference_model(
             f"unexpected {sorted(unexpected)[:5]})"
         )
     net.load_state_dict(state)
-    if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
     return net.to(device).eval(), cfg

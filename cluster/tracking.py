@@ -23,6 +23,7 @@ seconds per attempt. Never logged: anything whose name looks like a credential
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -425,15 +426,11 @@ def flush_run(
     fs, path = storage.resolve(run_uri, endpoint_url)
     remote = fs.type_name != "local"
     if remote:
-        local = Path(tempfile.mkdtemp(prefix="flowception-spool-")) / SPOOL
-        if not storage.file_sizes(fs, f"{path}/{SPOOL}"):
-            raise FileNotFoundError(f"{run_uri}: no {SPOOL}/ spool (nothing left to send)")
-        storage.download_dir(fs, f"{path}/{SPOOL}", local)
+        found = bool(storage.file_sizes(fs, f"{path}/{SPOOL}"))
     else:
-        local = Path(path) / SPOOL
-        if not (local / "records.jsonl").exists():
-            raise FileNotFoundError(f"{run_uri}: no {SPOOL}/ spool (nothing left to send)")
-    meta = json.loads((local / "run.json").read_text())
+        found = (Path(path) / SPOOL / "records.jsonl").exists()
+    if not found:
+        raise FileNotFoundError(f"{run_uri}: no {SPOOL}/ spool (nothing left to send)")
     if uri is None:
         uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None:
@@ -447,15 +444,21 @@ def flush_run(
             )
         uri = saved
     _quick_http()
-    spool = Spool(local)
-    try:
-        spool.send(mlflow.MlflowClient(tracking_uri=uri), meta["mlflow_run_id"])
-    finally:  # what did arrive is recorded, also when the server fails half way
-        left = spool.counts()
-        if remote:
-            if any(left.values()):
-                upload_spool(local, run_uri, endpoint_url)
-            else:
-                fs.delete_dir(f"{path}/{SPOOL}")
-            shutil.rmtree(local.parent, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        if remote:  # a local copy, removed at the end (what is left goes back to the bucket)
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="flowception-spool-"))
+            local = storage.download_dir(fs, f"{path}/{SPOOL}", Path(scratch) / SPOOL)
+        else:
+            local = Path(path) / SPOOL
+        meta = json.loads((local / "run.json").read_text())
+        spool = Spool(local)
+        try:
+            spool.send(mlflow.MlflowClient(tracking_uri=uri), meta["mlflow_run_id"])
+        finally:  # what did arrive is recorded, also when the server fails half way
+            left = spool.counts()
+            if remote:
+                if any(left.values()):
+                    upload_spool(local, run_uri, endpoint_url)
+                else:
+                    fs.delete_dir(f"{path}/{SPOOL}")
     return left

@@ -411,10 +411,10 @@ def _log_samples(
         codec = _vae(cfg)
         videos = [codec.decode(v) for v in out.videos]  # list of (T, C, H, W)
         metrics["sample_video_length_mean"] = float(np.mean([len(v) for v in videos]))
-    folder = Path(tempfile.mkdtemp(prefix="flowception-samples-"))
-    for i, video in enumerate(videos):
-        path = write_video(video, folder / f"sample_{i}", cfg.tracking.video_format)
-        tracker.log_artifact(path, f"samples/{checkpoint.step_dir_name(step)}")
+    with tempfile.TemporaryDirectory(prefix="flowception-samples-") as folder:
+        for i, video in enumerate(videos):  # the tracker keeps its own copy (its spool)
+            path = write_video(video, Path(folder) / f"sample_{i}", cfg.tracking.video_format)
+            tracker.log_artifact(path, f"samples/{checkpoint.step_dir_name(step)}")
     tracker.log_metrics(metrics, step)
 
 

@@ -14,6 +14,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,27 @@ def test_no_unpickling_loader_in_the_packages():
         if "weights_only=False" in line or "pickle.load" in line
     ]
     assert not found, found
+
+
+@pytest.mark.slow
+def test_reading_an_s3_checkpoint_leaves_no_copy_behind(
+    real_checkpoint, s3_bucket, tmp_path, monkeypatch
+):
+    """Export and eval's loader download an ``s3://`` checkpoint to scratch space and
+    remove it afterwards, also when the checkpoint is refused (a sweep reads many)."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # gettempdir() of this process
+    good, bad = f"{s3_bucket}/runs/leak/step_0000001", f"{s3_bucket}/runs/leak/step_0000002"
+    checkpoint.upload(real_checkpoint, good)
+    checkpoint.upload(
+        _plant(real_checkpoint, tmp_path / "bad", "ema.safetensors", tmp_path / "m"), bad
+    )
+    checkpoint.export_weights(good, tmp_path / "export")
+    assert (tmp_path / "export/ema.safetensors").exists()
+    checkpoint.load_inference_model(good)
+    with pytest.raises(Exception):  # noqa: B017 - the refusal's kind is the safety test's
+        checkpoint.load_inference_model(bad)
+    with pytest.raises(ValueError, match="needs dest"):
+        checkpoint.fetch(good)
+    assert sorted(p.name for p in scratch.iterdir()) == []

@@ -123,9 +123,13 @@ def test_spool_survives_a_restart_of_the_worker(tmp_path):
     assert Spool(tmp_path / "tracking").pending == []
 
 
-def test_s3_run_left_records_are_uploaded_and_flushed(mlflow_server, s3_bucket, tmp_path):
+def test_s3_run_left_records_are_uploaded_and_flushed(
+    mlflow_server, s3_bucket, tmp_path, monkeypatch
+):
     """An s3:// run spools locally; what is left at the end goes to {run}/tracking/ and
-    ``tracking flush`` sends it from there (from any machine)."""
+    ``tracking flush`` sends it from there (from any machine), leaving no local copy."""
+    import tempfile
+
     import mlflow
 
     from flowception.eval.cli import main
@@ -139,11 +143,16 @@ def test_s3_run_left_records_are_uploaded_and_flushed(mlflow_server, s3_bucket, 
     tracker.log_metrics({"loss": 1.0}, 2)
     left = tracker.close(tries=1, run_uri=run_uri)
     assert left == {"metric rows": 2, "artifacts": 0, "end": 1}
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where flush downloads the spool
+    assert main(["tracking", "flush", run_uri, "--tracking-uri", dead]) == 1  # still away
     assert main(["tracking", "flush", run_uri, "--tracking-uri", mlflow_server]) == 0
     client = mlflow.MlflowClient(mlflow_server)
     assert _history(mlflow_server, run_id, "loss") == [(1, 2.0), (2, 1.0)]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert main(["tracking", "flush", run_uri, "--tracking-uri", mlflow_server]) == 2  # all sent
+    assert list(scratch.iterdir()) == []
 
 
 def _cfg_for(name: str):
