@@ -16,6 +16,22 @@ from typing import Any
 from flowception.cluster.config import TrainConfig
 
 
+def skip_unused_ops() -> None:
+    """Keep DeepSpeed from compiling an op that training never calls.
+
+    On the CPU, DeepSpeed's torch backend JIT-compiles its shared-memory all-reduce
+    (``deepspeed_shm_comm``, used only by DeepSpeed-Inference's ``inference_all_reduce``)
+    when a process first initialises: a C++ build of about a minute on both cores of
+    this machine, on every fresh node or container (its cache is ``~/.cache``), and again
+    whenever processes with different build commands share that cache. Marking the op
+    incompatible makes the backend skip it (DeepSpeed keeps edits to this dict). Call it
+    before ``deepspeed.initialize``.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def resolve_precision(cfg: TrainConfig, use_gpu: bool) -> str:
     """``"bf16"`` or ``"fp32"``: ``auto`` means bf16 on GPU and fp32 on CPU."""
     if cfg.deepspeed.precision == "auto":

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from flowception.cluster import checkpoint, storage
 from flowception.cluster.config import TrainConfig
-from flowception.cluster.deepspeed_config import deepspeed_config
+from flowception.cluster.deepspeed_config import deepspeed_config, skip_unused_ops
 from flowception.cluster.faults import held, maybe_die
 from flowception.cluster.lr import lr_scheduler
 from flowception.model.flops import gemm_rate, training_flops
@@ -181,6 +181,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ds_config = deepspeed_config(cfg, world_size=world, use_gpu=cfg.cluster.use_gpu)
     if ckpt and checkpoint.needs_universal(checkpoint.manifest_of(ckpt, endpoint), world):
         ds_config["checkpoint"] = {"load_universal": True}  # ZeRO partitions re-cut for `world`
+    skip_unused_ops()
     engine, *_ = deepspeed.initialize(
         model=net,
         model_parameters=[p for p in net.parameters() if p.requires_grad],

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from flowception.cluster import checkpoint, safe_io
 from flowception.cluster.config import load_config
-from flowception.cluster.deepspeed_config import deepspeed_config
+from flowception.cluster.deepspeed_config import deepspeed_config, skip_unused_ops
 from flowception.cluster.lr import lr_scheduler
 from flowception.model.dit import DiT
 from flowception.model.ema import EMA
@@ -50,6 +50,7 @@ def main(ckpt: str) -> int:
     net = DiT(cfg.model)
     ds_config = deepspeed_config(cfg, world_size=1, use_gpu=False)
     ds_config["checkpoint"] = {"load_universal": True}
+    skip_unused_ops()
     engine, *_ = deepspeed.initialize(
         model=net, model_parameters=list(net.parameters()), config=ds_config,
         lr_scheduler=partial(lr_scheduler, optim=cfg.optim, total_steps=cfg.steps),
