@@ -123,19 +123,19 @@ def compare_with_reference(metrics: dict[str, float]) -> list[str]:
         if floor is not None:
             text += f"; real clips against real clips give {floor:.1f} (the floor)"
         lines.append(text)
-    for key, real in sorted(metrics.items()):
-        if not key.startswith("real/"):
-            continue
-        name = key.split("/")[-1]
-        gen = [v for k, v in metrics.items() if not k.startswith("real/") and k.split("/")[-1] == name
-               and "/" in k]  # fmt: skip
-        if gen:
-            lines.append(f"{name}: generated {gen[0]:.4g} vs real {real:.4g} "
-                         f"(difference {gen[0] - real:+.3g})")  # fmt: skip
+    for key, real in sorted(metrics.items()):  # the same score on generated and real clips
+        gen = metrics.get(key.removeprefix("real/"))
+        if key.startswith("real/") and not key.startswith("real/length/") and gen is not None:
+            lines.append(f"{key.split('/')[-1]}: generated {gen:.4g} vs real {real:.4g} "
+                         f"(difference {gen - real:+.3g})")  # fmt: skip
     gen_len, data_len = metrics.get("length/mean_generated"), metrics.get("length/mean_data")
     if gen_len is not None and data_len:
-        lines.append(f"length: generated videos average {gen_len:.2f} frames against "
-                     f"{data_len:.2f} in the data ({100 * (gen_len / data_len - 1):+.1f}%)"
-                     + (f", Wasserstein {metrics['length/wasserstein']:.2f} frames"
-                        if "length/wasserstein" in metrics else ""))  # fmt: skip
+        text = (f"length: generated videos average {gen_len:.2f} frames against {data_len:.2f} "
+                f"in the data ({100 * (gen_len / data_len - 1):+.1f}%)")  # fmt: skip
+        if "length/wasserstein" in metrics:
+            text += f", Wasserstein {metrics['length/wasserstein']:.2f} frames"
+            if "real/length/wasserstein" in metrics:  # the distance a perfect model would read
+                text += (f" (two halves of the real clips: "
+                         f"{metrics['real/length/wasserstein']:.2f})")  # fmt: skip
+        lines.append(text)
     return lines

@@ -220,6 +220,16 @@ def test_reduce_metrics_reads_every_metric_against_the_real_clips():
     assert rows["fvd10_10f"].startswith("fvd10_10f/static=") and "real_floor" in rows["fvd10_10f"]
     assert rows["vbench/temporal_flickering"].startswith("real/vbench/temporal_flickering=")
     assert "real/length/mean" in rows["length/mean_generated"]
+    # the sentences a person reads pair each score with the same score on the real clips;
+    # the length law's real point is its two-halves floor, said as such
+    from flowception.eval.console import compare_with_reference
+
+    said = "\n".join(compare_with_reference(m))
+    assert "temporal_flickering: generated 0.5 vs real" in said
+    assert "wasserstein: generated" not in said and "mean: generated" not in said
+    assert (
+        "Wasserstein 3.10 frames (two halves of the real clips: 5.00)" in said
+    )  # all 12 vs 10..19
 
 
 def test_vbench_dimensions_reach_the_job_with_their_sha256(tmp_path):
