@@ -308,15 +308,22 @@ def fetch(uri: str, endpoint_url: str | None = None, dest: Path | None = None) -
 
 
 @contextlib.contextmanager
-def fetched(uri: str, endpoint_url: str | None = None) -> Iterator[Path]:
-    """``fetch`` for the length of a ``with`` block: a remote checkpoint is downloaded to a
-    scratch folder that is removed afterwards (also on error); a local one is read in place.
+def fetched(
+    uri: str,
+    endpoint_url: str | None = None,
+    *,
+    copy: bool = False,
+    prefix: str = "flowception-fetch-",
+) -> Iterator[Path]:
+    """``fetch`` for the length of a ``with`` block: a remote checkpoint (with ``copy``, a
+    local one too) is downloaded to a scratch folder named ``prefix...`` that is removed
+    afterwards (also on error); otherwise a local one is read in place.
     """
     fs, path = storage.resolve(uri, endpoint_url)
-    if fs.type_name == "local":
+    if fs.type_name == "local" and not copy:
         yield fetch(uri, endpoint_url)
         return
-    scratch = Path(tempfile.mkdtemp(prefix="flowception-fetch-"))
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield fetch(uri, endpoint_url, dest=scratch / Path(path).name)
     finally:
@@ -365,7 +372,6 @@ def to_universal(local_dir: Path) -> Path:
     which an engine of any data-parallel size loads. Reads the pickles as ``restore_rank``
     does (no code runs). Returns the directory to pass to ``engine.load_checkpoint``."""
     import argparse
-    import contextlib
     import io
 
     from deepspeed.checkpoint import ds_to_universal
@@ -521,15 +527,14 @@ def load_inference_model(
     """
     src = str(path_or_uri)
     fs, path = storage.resolve(src, endpoint_url)
-    with contextlib.ExitStack() as stack:
-        if storage.file_sizes(fs, path).get("model.safetensors") is None:
-            out = stack.enter_context(tempfile.TemporaryDirectory(prefix="flowception-export-"))
-            export_weights(src, out, endpoint_url=endpoint_url)
-        elif fs.type_name == "local":
-            out = path
-        else:
-            out = stack.enter_context(tempfile.TemporaryDirectory(prefix="flowception-export-"))
+    exported = storage.file_sizes(fs, path).get("model.safetensors") is not None
+    if exported and fs.type_name == "local":
+        return _inference_model(src, Path(path), weights, expected, device)
+    with tempfile.TemporaryDirectory(prefix="flowception-export-") as out:
+        if exported:
             storage.download_dir(fs, path, Path(out))
+        else:
+            export_weights(src, out, endpoint_url=endpoint_url)
         return _inference_model(src, Path(out), weights, expected, device)
 
 

@@ -192,17 +192,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + rank)
     step = 0
     flops_total = 0.0  # training FLOPs of the whole run (continued from the checkpoint)
-    if ckpt:
-        scratch = Path(tempfile.mkdtemp(prefix="flowception-resume-"))
-        try:  # the downloaded copy goes whether the restore works or not
-            local = checkpoint.fetch(ckpt, endpoint, dest=scratch / "ckpt")
+    if ckpt:  # a private copy, removed whether the restore works or not
+        with checkpoint.fetched(ckpt, endpoint, copy=True, prefix="flowception-resume-") as local:
             step, rng, _ = checkpoint.restore_rank(
                 engine, ema=ema, local_dir=local, rank=rank, world_size=world
             )
             manifest = json.loads((local / checkpoint.MANIFEST).read_text())
             flops_total = float(manifest.get("train_flops", 0.0))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
         if rng is not None:
             set_rng_state(rng, generator)
         else:  # a rank the checkpoint did not have (resized run): fresh, step-dependent
