@@ -149,6 +149,11 @@ class MethodConfig(Config):
     """Which frames are context frames in training and sampling (spec section 10)."""
     n_start: int = 2
     """Start frames ``n_s`` (spec section 4 step 1); 0 only with context frames."""
+    n_start_context: int | None = None
+    """``n_s`` of the videos that have context frames, in training and sampling alike (None:
+    ``n_start``). 0 grows them from their context by insertions alone, so every generated
+    frame descends from a context frame; rows trained without context (``uncond_prob``) and
+    unconditional sampling keep ``n_start``."""
     tau_g_law: Literal["bounded", "bounded_logit_normal", "uniform02"] = "bounded"
     """Global time law: E8 (default, the official code's) or E9 (the paper's ``U[0, 2]``)."""
     tau_g_weighting: bool = True
@@ -185,11 +190,19 @@ class MethodConfig(Config):
     insertion_guidance: float = 1.0
     """Geometric insertion guidance ``s_ins`` (E21); 1 = off."""
 
+    def start_frames(self, with_context: bool) -> int:
+        """``n_s`` of a video with or without context frames (training law and sampler)."""
+        if with_context and self.n_start_context is not None:
+            return self.n_start_context
+        return self.n_start
+
     @model_validator(mode="after")
     def _check(self) -> MethodConfig:
         _positive(self, "num_steps", "max_frames", "num_frames", "time_shift")
         if self.n_start < 0:
             raise ValueError(f"MethodConfig.n_start={self.n_start}: must be >= 0")
+        if self.n_start_context is not None and self.n_start_context < 0:
+            raise ValueError(f"MethodConfig.n_start_context={self.n_start_context}: must be >= 0")
         if self.n_start == 0 and self.task in ("unconditional",) and self.method == "flowception":
             raise ValueError(
                 "MethodConfig.n_start=0: allowed only with context frames (task != unconditional)"

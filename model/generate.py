@@ -87,7 +87,7 @@ def generate(
                 num_videos=num_videos,
                 frame_shape=frame_shape,
                 num_steps=steps,
-                num_start_frames=method.n_start,  # the training law's n_s (spec 4.1)
+                num_start_frames=method.start_frames(ctx is not None),  # the law's n_s (4.1)
                 max_frames=max_frames or method.max_frames,
                 context=ctx,
                 guidance=guidance,

@@ -93,7 +93,7 @@ def sample_training_times(
     Args:
         lengths: ``[B]`` int, valid frames per video (``1 <= L <= F``).
         num_slots: ``F``, frame slots of the padded batch.
-        method: the method config (``n_start``, ``tau_g_law``, ``tau_g_weighting``,
+        method: the method config (``n_start``, ``n_start_context``, ``tau_g_law``, ``tau_g_weighting``,
             ``time_shift``, ``task``).
         generator: the only source of randomness.
         is_context: optional ``[B, F]`` bool overriding the task's context frames.
@@ -120,8 +120,10 @@ def sample_training_times(
     score = torch.where(idx == 0, torch.full_like(score, -1.0), score)
     score = torch.where(cand, score, torch.full_like(score, 2.0))
     rank = score.argsort(dim=1).argsort(dim=1)  # (B, F) rank of each slot's score
-    is_start = cand & (rank < method.n_start)
-    if method.n_start == 0 and bool((~ctx[:, 0]).any()):
+    has_ctx = ctx.any(1)  # (B,) a video's n_s: method.start_frames (n_start_context with context)
+    n_s = torch.where(has_ctx, method.start_frames(True), method.start_frames(False))
+    is_start = cand & (rank < n_s[:, None])
+    if bool(((n_s == 0) & ~ctx[:, 0]).any()):
         raise ValueError("n_start=0 needs frame 0 to be a context frame in every video")
 
     # [2] delays (E4): 0 for start and context frames, U[0, 1) for the rest, never for padding

@@ -39,3 +39,26 @@ def test_config_rejects_start_frames_that_sampling_cannot_reproduce():
     assert MethodConfig(task="interpolation", n_start=0).n_start == 0
     # the fixed-length baselines draw no start frames
     assert MethodConfig(method="full_sequence", task="interpolation").n_start == 2
+
+
+def test_videos_with_context_use_n_start_context_in_training_and_sampling():
+    """``n_start_context=0``: an image-to-video row trains and samples from its context frame
+    alone (every frame is inserted), while the unconditional rows of the same law
+    (``uncond_prob``) and unconditional sampling keep ``n_start`` noise frames."""
+    method = MethodConfig(task="image_to_video", n_start=2, n_start_context=0, uncond_prob=0.3,
+                          num_steps=2, max_frames=8)  # fmt: skip
+    times = sample_training_times(torch.full((256,), 10), 10, method,
+                                  torch.Generator().manual_seed(0))  # fmt: skip
+    has_ctx = times.is_context.any(1)
+    assert 0 < int((~has_ctx).sum()) < 256
+    assert times.is_start.sum(1).tolist() == [0 if c else 2 for c in has_ctx.tolist()]
+
+    torch.manual_seed(0)
+    net = DiT(model_config("tiny", frame_size=(8, 8)))
+    for task, ctx, first in (("image_to_video", [torch.zeros(1, 1, 8, 8)] * 2, 1),
+                             ("unconditional", None, 2)):  # fmt: skip
+        out = generate(net, method=method.replace(task=task), num_videos=2, context=ctx,
+                       generator=torch.Generator().manual_seed(0), return_trace=True)  # fmt: skip
+        assert out.trace.lengths[0].tolist() == [first] * 2
+    with pytest.raises(ValueError, match="n_start_context=-1"):
+        MethodConfig(task="image_to_video", n_start_context=-1)
