@@ -1,7 +1,7 @@
 """CPU that Ray Data's executor thread burns while a slow consumer (a training step)
 holds the queued batches, with and without ``pipelines.loop_pace.LoopPace``.
 
-    python benchmarks/loop_pace.py --shards outputs/demo/data/latents/train --step-s 0.3
+    python benchmarks/loop_pace.py --shards outputs/demo/data/moving_mnist_1digit/latents/train --step-s 0.3
 
 Reads ``build_dataset(cfg)`` of ``--shards`` (pixel or latent) in one process, takes a
 batch of ``--batch`` rows, sleeps ``--step-s`` (the stand-in for a training step) and

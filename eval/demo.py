@@ -50,6 +50,7 @@ class DemoPlan:
     checkpoint_every: int
     vae_steps: int = 0  # autoencoder steps (the demo's stage 2; experiments train on pixels)
     digits: int = 2  # moving digits a clip (the demo: one)
+    speed: float | None = None  # digit speed in px/frame (None: make-shards' 1.125 at 32x32)
     uncond_metrics: tuple[str, ...] = UNCOND_METRICS  # the unconditional eval's (stage 6)
 
     @classmethod
@@ -61,6 +62,12 @@ class DemoPlan:
         return cls(train_videos=400, test_videos=48, steps=steps or 1800, eval_videos=32,
                    sample_videos=8, checkpoint_every=600, vae_steps=900, digits=1)  # fmt: skip
 
+    @property
+    def data_name(self) -> str:
+        """Folder of the shards, autoencoder and latents made from this plan's data."""
+        speed = "" if self.speed is None else f"_{self.speed:g}px"
+        return f"moving_mnist_{self.digits}digit{speed}"
+
 
 def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
     """[1] shards with the project's own writer (the same as ``flowception data make-shards``)."""
@@ -69,11 +76,12 @@ def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
 
     out = {}
     for split, n in (("train", plan.train_videos), ("test", plan.test_videos)):
-        path = root / f"moving_mnist_{plan.digits}digit" / split
+        path = root / plan.data_name / split
         if not (path / "index.json").exists():
             args = ["data", "make-shards", "moving-mnist", "--out", str(path), "--size", "32",
                     "--split", split, "--num-videos", str(n), "--min-frames", "10", "--max-frames", "16",
                     "--max-samples", "12", "--digits", str(plan.digits)]  # fmt: skip
+            args += [] if plan.speed is None else ["--speed", str(plan.speed)]
             if cli(args) != 0:
                 raise RuntimeError(f"making {path} failed")
         out[split] = str(path)
@@ -102,7 +110,7 @@ def autoencoder(root: Path, data: dict[str, str], plan: DemoPlan) -> Path:
     from flowception.eval.cli import main as cli
     from flowception.pipelines.vae_train import RECORD_NAME
 
-    path = root / "vae"
+    path = root / plan.data_name / "vae"
     if not (path / RECORD_NAME).exists():
         args = ["data", "train-vae", "--shards", data["train"], "--out", str(path),
                 "--steps", str(plan.vae_steps)]  # fmt: skip
@@ -111,13 +119,13 @@ def autoencoder(root: Path, data: dict[str, str], plan: DemoPlan) -> Path:
     return path
 
 
-def latents(root: Path, data: dict[str, str], vae: Path) -> dict[str, str]:
-    """[4] the train and test shards encoded by ``vae`` (``data encode`` resumes)."""
+def latents(data: dict[str, str], vae: Path) -> dict[str, str]:
+    """[4] the train and test shards encoded by ``vae``, beside it (``data encode`` resumes)."""
     from flowception.eval.cli import main as cli
 
     out = {}
     for split in ("train", "test"):
-        path = root / "latents" / split
+        path = vae.parent / "latents" / split
         if cli(["data", "encode", "--shards", data[split], "--out", str(path), "--vae", str(vae)]):
             raise RuntimeError(f"encoding {data[split]} -> {path} failed")
         out[split] = str(path)
@@ -238,7 +246,7 @@ def run_demo(
             try:
                 con.stage(4, 8, f"training: latents, then {plan.steps} steps, 2 Ray Train "
                           "workers, ZeRO-2")  # fmt: skip
-                lat = latents(out / "data", data, vae)
+                lat = latents(data, vae)
                 cfg = train_config(lat, vae, out, plan, uri)
                 with con.follow_steps(plan.steps):
                     result = launch(cfg)
