@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowception.pipelines.vae_train import shard_videos
+
 SIZE, DIGIT = 32, 14  # the demo's canvas and digit side (pipelines.sources.moving_mnist)
 
 
@@ -47,19 +49,24 @@ def placed(images: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def classifier(seed: int = 0, steps: int = 1500) -> tuple[nn.Module, float]:
-    """The CNN and its accuracy on the test split's digits (placed at random)."""
-    from flowception.pipelines.sources import mnist_digits, split_digits
-
-    images, labels = mnist_digits()
-    train, test = split_digits("train"), split_digits("test")
-    torch.manual_seed(seed)
-    net = nn.Sequential(
+def cnn() -> nn.Module:
+    """The untrained digit classifier: three conv blocks, max-pooled, then 10 logits."""
+    return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
         nn.Flatten(), nn.Linear(64, 10),
     )  # fmt: skip
+
+
+def classifier(seed: int = 0, steps: int = 1500) -> tuple[nn.Module, float]:
+    """The trained CNN and its accuracy on the test split's digits (placed at random)."""
+    from flowception.pipelines.sources import mnist_digits, split_digits
+
+    images, labels = mnist_digits()
+    train, test = split_digits("train"), split_digits("test")
+    torch.manual_seed(seed)
+    net = cnn()
     opt = torch.optim.AdamW(net.parameters(), 2e-3)
     rng = np.random.default_rng(seed)
     for step in range(steps):
@@ -107,26 +114,13 @@ def gifs(folder: Path) -> list[np.ndarray]:
     return out
 
 
-def test_clips(shards: str) -> list[np.ndarray]:
-    from flowception.pipelines.config import DataConfig
-    from flowception.pipelines.dataset import decode_rows, read_shard_rows
-    from flowception.pipelines.shards import list_shards
-
-    cfg = DataConfig(shards=shards, size=SIZE, channels=1, clip_start="first", shuffle=False)
-    out = []
-    for info in list_shards(shards):
-        batch = decode_rows(read_shard_rows(cfg, info.url, 0, 0), cfg)
-        out += [
-            np.asarray(v)[..., 0] for v, st in zip(batch["video"], batch["status"]) if st == "ok"
-        ]
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", help="demo output folders (holding samples/)")
     p.add_argument(
-        "--test", default=None, help="test shards (default: the first folder's data/*/test)"
+        "--test",
+        default=None,
+        help="test shards (default: the first folder's data/moving_mnist_*/test)",
     )
     p.add_argument("--out", default=None, help="JSON file")
     p.add_argument(
@@ -135,16 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         help="state file: loaded when it exists, else written after training",
     )
     args = p.parse_args(argv)
-    found = sorted((Path(args.folders[0]) / "data").glob("*/test/index.json"))
+    found = sorted((Path(args.folders[0]) / "data").glob("moving_mnist_*/test/index.json"))
     if not args.test and len(found) != 1:
-        raise SystemExit(f"{args.folders[0]}/data: {len(found)} */test/index.json; pass --test")
+        raise SystemExit(
+            f"{args.folders[0]}/data: {len(found)} moving_mnist_*/test/index.json; pass --test"
+        )
     test = args.test or str(found[0].parent)
     t0 = time.perf_counter()
     saved = Path(args.classifier) if args.classifier else None
     if saved and saved.exists():
         state = torch.load(saved, weights_only=True)
-        net, accuracy = classifier(steps=0)
+        net = cnn()
         net.load_state_dict(state["state_dict"])
+        net.eval()
         accuracy = float(state["accuracy"])
     else:
         net, accuracy = classifier()
@@ -154,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         for task in ("image_to_video", "unconditional"):
             rows[f"{folder} {task}"] = scores(net, gifs(Path(folder) / "samples" / task))
-    rows[f"{test} (real test clips)"] = scores(net, test_clips(test))
+    clips, _ = shard_videos(test, size=SIZE, channels=1)  # uint8 [T, H, W, 1] each
+    rows[f"{test} (real test clips)"] = scores(net, [v[..., 0] for v in clips])
     record = {"classifier_test_accuracy": accuracy, "seconds": time.perf_counter() - t0,
               "rows": rows, "command": " ".join(sys.argv)}  # fmt: skip
     print(f"classifier accuracy on placed test digits: {accuracy:.3f}\n")

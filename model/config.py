@@ -153,7 +153,8 @@ class MethodConfig(Config):
     """``n_s`` of the videos that have context frames, in training and sampling alike (None:
     ``n_start``). 0 grows them from their context by insertions alone, so every generated
     frame descends from a context frame; rows trained without context (``uncond_prob``) and
-    unconditional sampling keep ``n_start``."""
+    unconditional sampling keep ``n_start``. Without start frames the rejection of spec 4
+    step 5 fires whenever ``tau_g`` falls below every delay, which E8w does not correct."""
     tau_g_law: Literal["bounded", "bounded_logit_normal", "uniform02"] = "bounded"
     """Global time law: E8 (default, the official code's) or E9 (the paper's ``U[0, 2]``)."""
     tau_g_weighting: bool = True

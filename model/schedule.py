@@ -93,8 +93,8 @@ def sample_training_times(
     Args:
         lengths: ``[B]`` int, valid frames per video (``1 <= L <= F``).
         num_slots: ``F``, frame slots of the padded batch.
-        method: the method config (``n_start``, ``n_start_context``, ``tau_g_law``, ``tau_g_weighting``,
-            ``time_shift``, ``task``).
+        method: the method config (``n_start``, ``n_start_context``, ``tau_g_law``,
+            ``tau_g_weighting``, ``time_shift``, ``task``).
         generator: the only source of randomness.
         is_context: optional ``[B, F]`` bool overriding the task's context frames.
 
