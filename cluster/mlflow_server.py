@@ -56,6 +56,17 @@ def server_command(root: Path, host: str, port: int, workers: int = 1) -> list[s
     ]
 
 
+# MLflow 3's server also starts a job runner with seven ``huey`` consumers (GenAI jobs and
+# periodic trace tasks this project never uses); idle, they poll the SQLite store at about
+# half a core (34 CPU-seconds a minute on this 2-core machine, against 0.2 without them).
+JOBS_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+
+
+def server_env() -> dict[str, str]:
+    """The server's environment: job execution off unless the caller's environment sets it."""
+    return {**os.environ, JOBS_ENV: os.environ.get(JOBS_ENV, "false")}
+
+
 def wait_healthy(uri: str, proc: subprocess.Popen, timeout: float) -> None:
     """Poll ``{uri}/health`` until it answers ``OK``.
 
@@ -116,6 +127,7 @@ def mlflow_server(
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             server_command(root, host, port),
+            env=server_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() reaches the workers

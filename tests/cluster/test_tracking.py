@@ -140,6 +140,39 @@ def test_mlflow_server_stops_cleanly(tmp_path):
     assert (tmp_path / "m" / "mlflow.db").exists()
 
 
+def _group_commands(marker: str) -> list[str]:
+    """Command lines of the process group led by the process whose command line has ``marker``."""
+    import os
+
+    def cmdline(pid: str) -> str:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+
+    pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    (leader,) = [p for p in pids if marker in cmdline(p) and " server " in cmdline(p)]
+    out = []
+    for pid in pids:
+        try:
+            if os.getpgid(int(pid)) == int(leader):
+                out.append(cmdline(pid))
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    return out
+
+
+def test_mlflow_server_runs_no_job_consumers(tmp_path):
+    """The server's process group is the server and its uvicorn worker: MLflow's job runner
+    and its seven polling ``huey`` consumers (half a core when idle) are not started."""
+    from flowception.cluster.mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path / "quiet"):
+        time.sleep(6)  # MLflow starts its consumers a few seconds after the runner
+        commands = _group_commands(str(tmp_path / "quiet"))
+    assert any("uvicorn" in c for c in commands), commands
+    assert not [c for c in commands if "huey" in c or "_job_runner" in c], commands
+    assert len(commands) == 2, commands
+
+
 def test_tracker_logs_system_metrics_under_mlflow_names(mlflow_server, tmp_path, monkeypatch):
     """CPU and memory rows reach the run as MLflow's ``system/`` metrics (the UI's tab)."""
     import mlflow
