@@ -444,6 +444,10 @@ def build_dataset(
     # not have: with 2 CPUs the second task then waited ~1 s for a budget (ray.timeline
     # and the ray-data debug log; README "Benchmarks"). ``concurrency`` already caps it.
     ds.context.op_resource_reservation_enabled = False
+    # No progress bars: in a Ray Train worker they are redrawn into its log all through
+    # every epoch (22,330 bar lines and ~41,600 blank redraws of the 64,586 lines in a
+    # make demo log, against 180 step lines); the step lines are the progress.
+    ds.context.enable_progress_bars = False
     from flowception.pipelines.loop_pace import install
 
     install(ds.context)  # no busy loop while the consumer trains (pipelines.loop_pace)

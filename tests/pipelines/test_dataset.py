@@ -227,6 +227,31 @@ def test_shard_bytes_equal_their_index_checksums(mnist_dir):
         assert len(read_samples(data)) == shard.num_samples
 
 
+def test_reader_draws_no_progress_bars(ray_data, mnist_dir):
+    """A training worker's reader redrew Ray Data's progress bars into the worker's log
+    all through every epoch (most of a make demo log); read in a Ray worker, as a Ray Train
+    worker reads, it leaves none in that worker's log."""
+    import os
+
+    import ray
+
+    cfg = data_cfg(mnist_dir, epochs=2, decode_workers=1)
+
+    @ray.remote(num_cpus=0)
+    def read_in_a_worker() -> tuple[int, int]:
+        ds = build_dataset(cfg)
+        batches = ds.iter_batches(batch_size=4, batch_format="numpy")
+        return sum(len(b["key"]) for b in batches), os.getpid()
+
+    rows, pid = ray.get(read_in_a_worker.remote())
+    assert rows == 2 * NUM_VIDEOS
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    time.sleep(1.0)  # the worker's last lines reach its log files
+    text = "".join(f.read_text(errors="replace") for f in logs.glob(f"worker-*-{pid}.*"))
+    assert ":job_id:" in text  # the worker's own log files were read
+    assert "ray_tqdm" not in text and "Queued blocks" not in text, text[-2000:]
+
+
 def test_reader_loop_does_not_spin_while_the_consumer_is_busy(ray_data, mnist_dir):
     """With batches queued and the consumer busy (a training step), Ray Data's executor
     thread spins (95% of a core, ``benchmarks/loop_pace.py``); ``LoopPace`` paces it."""
