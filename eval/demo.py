@@ -147,10 +147,17 @@ def train_config(lat: dict[str, str], vae: Path, out: Path, plan: DemoPlan, uri:
 
 
 def samples(
-    export: str, data: dict[str, str], out: Path, plan: DemoPlan, uri: str, run_id: str | None
+    export: str,
+    data: dict[str, str],
+    out: Path,
+    plan: DemoPlan,
+    uri: str,
+    run_id: str | None,
+    sampler: dict | None = None,
 ) -> dict:
     """[5] image-to-video from test first frames and unconditional videos, decoded by the
-    run's autoencoder, logged to MLflow."""
+    run's autoencoder, logged to MLflow. ``sampler`` overrides method fields (e.g.
+    ``{"cfg_scale": 2.0}``, ``benchmarks/guidance_probe.py``)."""
 
     import numpy as np
     import torch
@@ -172,7 +179,7 @@ def samples(
     firsts = firsts[: plan.sample_videos]  # (1, H, W, C) uint8 each
     files, lengths = [], {}
     for task in ("image_to_video", "unconditional"):
-        method = cfg.method.replace(task=task)
+        method = cfg.method.replace(task=task, **(sampler or {}))
         ctx = None
         if task == "image_to_video":
             ctx = [
