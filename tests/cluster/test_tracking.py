@@ -145,8 +145,11 @@ def _group_commands(marker: str) -> list[str]:
     import os
 
     def cmdline(pid: str) -> str:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # it ended since the listing
+            return ""
 
     pids = [p for p in os.listdir("/proc") if p.isdigit()]
     (leader,) = [p for p in pids if marker in cmdline(p) and " server " in cmdline(p)]
@@ -155,7 +158,7 @@ def _group_commands(marker: str) -> list[str]:
         try:
             if os.getpgid(int(pid)) == int(leader):
                 out.append(cmdline(pid))
-        except (ProcessLookupError, FileNotFoundError):
+        except ProcessLookupError:
             pass
     return out
 
