@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             break
         time.sleep(args.every)
     wall, m1 = time.perf_counter() - t0, machine()
-    if proc.poll() is None:
+    stopped = proc.poll() is None  # --seconds ran out: its exit status is ours to ignore
+    if stopped:
         os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=20)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
           f"processes {sum(used.values()):.1f} CPU-s; machine: {split} (HZ {HZ})")  # fmt: skip
     for name, cpu in sorted(used.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"  {cpu:8.1f} s  {count[name]:4d}  {name}")
-    return 0 if proc.returncode in (0, -signal.SIGINT, 130) or args.seconds else proc.returncode
+    return 0 if stopped else proc.returncode
 
 
 if __name__ == "__main__":

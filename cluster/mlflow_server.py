@@ -58,7 +58,8 @@ def server_command(root: Path, host: str, port: int, workers: int = 1) -> list[s
 
 # MLflow 3's server also starts a job runner with seven ``huey`` consumers (GenAI jobs and
 # periodic trace tasks this project never uses); idle, they poll the SQLite store at about
-# half a core (34 CPU-seconds a minute on this 2-core machine, against 0.2 without them).
+# half a core (29.1 CPU-seconds a minute in the consumers on this 2-core machine, against
+# 0.2 in uvicorn without them: ``benchmarks/cpu_during.py``, README "Tests and CI").
 JOBS_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 

@@ -151,13 +151,13 @@ def _group_commands(marker: str) -> list[str]:
         except OSError:  # it ended since the listing
             return ""
 
-    pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    (leader,) = [p for p in pids if marker in cmdline(p) and " server " in cmdline(p)]
+    commands = {p: cmdline(p) for p in os.listdir("/proc") if p.isdigit()}
+    (leader,) = [p for p, c in commands.items() if marker in c and " server " in c]
     out = []
-    for pid in pids:
+    for pid, command in commands.items():
         try:
             if os.getpgid(int(pid)) == int(leader):
-                out.append(cmdline(pid))
+                out.append(command)
         except ProcessLookupError:
             pass
     return out
