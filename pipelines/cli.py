@@ -83,7 +83,10 @@ def register(subparsers: Any) -> None:
     folder.add_argument("--step", type=int, default=1, help="temporal step inside a clip")
     make.set_defaults(func=make_shards)
 
-    check = sub.add_parser("check", help="count samples and bad samples by reason")
+    check = sub.add_parser(
+        "check",
+        help="count samples and bad samples by reason, and the clip lengths (the law a model learns)",
+    )
     check.add_argument("--shards", required=True, help="directory or s3://bucket/prefix")
     check.add_argument("--size", type=int, default=64, help="frame side the reader resizes to")
     check.add_argument("--channels", type=int, choices=[1, 3], default=3, help="1 grayscale, 3 RGB")
@@ -217,6 +220,7 @@ def check_shards(args: argparse.Namespace) -> int:
     )
     counts: Counter = Counter()
     problems: list[str] = []
+    frames: list[int] = []  # of each usable clip, as the reader gives it (at most --num-frames)
     shards = shard_list(cfg)
     latent = latent_set(cfg)  # latent shards (index.json's meta) hold .npy, not MP4s
     if latent is not None:
@@ -225,6 +229,7 @@ def check_shards(args: argparse.Namespace) -> int:
     for i, shard in enumerate(tqdm(shards, unit="shard")):
         rows = read_task(cfg, shards, (0, i, i, ()), latent)
         counts.update(str(s) for s in rows["status"])
+        frames += [len(v) for v, s in zip(rows["video"], rows["status"]) if str(s) == "ok"]
         issues = [x for x in rows["shard_issue"] if x]
         if issues:
             problems.append(
@@ -235,8 +240,20 @@ def check_shards(args: argparse.Namespace) -> int:
         print(line)
     for status, n in sorted(counts.items()):
         print(f"{status:>18} {n}")
+    if frames:
+        print(length_law(frames, "latent frames" if latent is not None else "frames"))
     print(f"{len(shards)} shard(s), {len(problems)} differ from index.json")
     return 0 if counts.get("ok") and not problems else 1
+
+
+def length_law(frames: list[int], unit: str = "frames") -> str:
+    """One line on the clip lengths a model trained on these shards learns (the law a
+    Flowception sampler should reproduce): mean, range and the mean's standard error."""
+    n = len(frames)
+    mean = sum(frames) / n
+    var = sum((f - mean) ** 2 for f in frames) / max(n - 1, 1)
+    return (f"{unit} per ok clip: mean {mean:.2f} (standard error {(var / n) ** 0.5:.2f}), "
+            f"min {min(frames)}, max {max(frames)}, {n} clips")  # fmt: skip
 
 
 def encode_shards(args: argparse.Namespace) -> int:

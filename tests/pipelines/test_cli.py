@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 import urllib.request
 
 import pytest
@@ -39,8 +40,21 @@ def test_make_shards_then_check(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "check", "--shards", str(out), "--size", "32", "--channels", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [x.split() for x in lines[:-1]] == [["ok", "7"]]
+    assert [x.split() for x in lines[:-2]] == [["ok", "7"]]
     assert lines[-1] == "3 shard(s), 0 differ from index.json"
+    # the length law the clips hold, read here from the clips' own metadata
+    frames = [
+        json.load(tar.extractfile(m))["num_frames"]
+        for path in sorted(out.glob("*.tar"))
+        for tar in [tarfile.open(path)]
+        for m in tar.getmembers()
+        if m.name.endswith(".json")
+    ]
+    mean = sum(frames) / 7
+    se = (sum((f - mean) ** 2 for f in frames) / 6 / 7) ** 0.5
+    assert len(frames) == 7 and len(set(frames)) > 1, frames
+    assert lines[-2] == (f"frames per ok clip: mean {mean:.2f} (standard error {se:.2f}), "
+                         f"min {min(frames)}, max {max(frames)}, 7 clips")  # fmt: skip
 
 
 def _shards(tmp_path, capsys):
