@@ -36,7 +36,7 @@ DIRECTIONS: tuple[tuple[str, Direction], ...] = (
     (r"proxy/(motion_smoothness_farneback|subject_consistency_i3d)", "max"),
     (r"proxy/dynamic_degree_farneback", "info"),  # read against real/: more is not better
     (r"length/wasserstein", "min"),
-    (r"length/(mean_generated|mean_data)", "info"),  # read against the data's mean
+    (r"length/(mean_generated|mean_data|mean_difference_se)", "info"),  # against the data's mean
     # training (``cluster.train_loop``)
     (r"loss|loss_velocity|loss_insertion", "min"),
     (r"time_per_step_s", "min"),

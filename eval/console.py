@@ -131,7 +131,11 @@ def compare_with_reference(metrics: dict[str, float]) -> list[str]:
     gen_len, data_len = metrics.get("length/mean_generated"), metrics.get("length/mean_data")
     if gen_len is not None and data_len:
         text = (f"length: generated videos average {gen_len:.2f} frames against {data_len:.2f} "
-                f"in the data ({100 * (gen_len / data_len - 1):+.1f}%)")  # fmt: skip
+                f"in the data ({100 * (gen_len / data_len - 1):+.1f}%")  # fmt: skip
+        se = metrics.get("length/mean_difference_se")
+        if se is not None:  # how far the two means differ by sampling alone
+            text += f", standard error of the difference {100 * se / data_len:.1f}%"
+        text += ")"
         if "length/wasserstein" in metrics:
             text += f", Wasserstein {metrics['length/wasserstein']:.2f} frames"
             if "real/length/wasserstein" in metrics:  # the distance a perfect model would read

@@ -22,6 +22,11 @@ class LengthStats:
     """Mean length of the generated videos (frames)."""
     mean_data: float
     """Mean length of the data videos (frames)."""
+    mean_difference_se: float
+    """Standard error of ``mean_generated - mean_data`` from both samples' variances
+    (``sqrt(s_g^2 / n_g + s_d^2 / n_d)``, 0 for a sample of one): with 32 videos a side and
+    lengths uniform on 10-16 it is about 0.5 frames, 4 % of the mean, so a mean within 5 %
+    of the data's is only a little more than one standard error."""
     wasserstein: float
     """1-D Wasserstein (earth mover's) distance between the two length laws, in frames."""
     lengths: np.ndarray
@@ -36,6 +41,7 @@ class LengthStats:
         return {
             "length/mean_generated": self.mean_generated,
             "length/mean_data": self.mean_data,
+            "length/mean_difference_se": self.mean_difference_se,
             "length/wasserstein": self.wasserstein,
         }
 
@@ -47,6 +53,11 @@ def _as_lengths(values: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer) or (arr < 0).any():
         raise ValueError(f"{name}: lengths must be non-negative integers, got {arr[:5]}")
     return arr.astype(np.int64)
+
+
+def _var(x: np.ndarray) -> float:
+    """Sample variance (``ddof=1``); 0 for a single value."""
+    return float(x.var(ddof=1)) if x.size > 1 else 0.0
 
 
 def length_distribution(
@@ -66,6 +77,7 @@ def length_distribution(
     return LengthStats(
         mean_generated=float(g.mean()),
         mean_data=float(d.mean()),
+        mean_difference_se=float(np.sqrt(_var(g) / g.size + _var(d) / d.size)),
         wasserstein=float(scipy.stats.wasserstein_distance(g, d)),
         lengths=np.arange(size),
         hist_generated=np.bincount(g, minlength=size) / g.size,  # (K,)

@@ -230,6 +230,9 @@ def test_reduce_metrics_reads_every_metric_against_the_real_clips():
     assert (
         "Wasserstein 3.10 frames (two halves of the real clips: 5.00)" in said
     )  # all 12 vs 10..19
+    # the means' sampling error: sd of 10..19 over sqrt(10), the generated 12s add none
+    assert m["length/mean_difference_se"] == pytest.approx(np.std(range(10, 20), ddof=1) / 10**0.5)
+    assert "14.50 in the data (-17.2%, standard error of the difference 6.6%)" in said
 
 
 def test_vbench_dimensions_reach_the_job_with_their_sha256(tmp_path):

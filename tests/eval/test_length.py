@@ -26,8 +26,21 @@ def test_shifted_and_spread_laws():
     assert t.metrics() == {
         "length/mean_generated": 12.0,
         "length/mean_data": 8.0,
+        "length/mean_difference_se": pytest.approx(np.sqrt(32.0 / 2 + 0.0 / 2)),
         "length/wasserstein": pytest.approx(4.0),
     }
+
+
+def test_mean_difference_standard_error():
+    g, d = [10, 12, 15, 16, 11], [13, 13, 10, 16, 14, 12, 11]
+    s = length_distribution(g, d)
+    se = np.sqrt(np.var(g, ddof=1) / len(g) + np.var(d, ddof=1) / len(d))
+    assert s.mean_difference_se == pytest.approx(se)
+    assert s.mean_difference_se == pytest.approx(
+        1.3776, abs=1e-4
+    )  # by hand: sqrt(6.7 / 5 + 3.905 / 7)
+    one = length_distribution([12], [12])  # a sample of one has no spread to read
+    assert one.mean_difference_se == 0.0
 
 
 def test_bad_lengths():
