@@ -1,0 +1,99 @@
+"""``mfu_cpu`` of the demo model's training step alone: no Ray, no DeepSpeed, no data reader.
+
+    python benchmarks/step_probe.py                              # 1 thread, 64 frames: one demo worker
+    python benchmarks/step_probe.py --threads 2 --frame-budget 128
+    python benchmarks/step_probe.py --compile                    # torch.compile (inductor) first
+
+The model and the training law are ``configs/demo-latent-cpu.yaml``'s (the s-128 DiT at
+patch 2 on 8x8x4 latents, image-to-video with unconditional rows); the clips are random
+latents of 10-16 frames packed to ``--frame-budget`` frames a step, as a Ray Train worker's
+batches are. Each step is forward, the losses, backward and AdamW; the first ``--warmup``
+steps are not timed. ``mfu_cpu`` is the step's training FLOPs per second
+(``model.flops.training_flops``) over the best of three fp32 GEMM rates with the same
+threads (``model.flops.gemm_rate``), as the train loop logs it; the median and the best
+step are reported. Run two at once (``&``) to see what two workers on two cores get
+without Ray. Prints one line and, with ``--out``, writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (a demo worker: 1)")
+    p.add_argument("--frame-budget", type=int, default=64, help="frames a step (the demo: 64)")
+    p.add_argument("--steps", type=int, default=40, help="steps, warm-up included")
+    p.add_argument("--warmup", type=int, default=5, help="untimed first steps")
+    p.add_argument("--compile", action="store_true", help="torch.compile the DiT first")
+    p.add_argument("--config", default=str(ROOT / "configs/demo-latent-cpu.yaml"))
+    p.add_argument("--out", help="JSON file for the result")
+    args = p.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from flowception.cluster.config import load_config
+    from flowception.model.dit import DiT
+    from flowception.model.flops import gemm_rate, training_flops
+    from flowception.model.schedule import mean_insertion_target
+    from flowception.model.training import training_step
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, [])
+    torch.manual_seed(0)
+    net = DiT(cfg.model, rate_init=mean_insertion_target(cfg.data.num_frames, cfg.method))
+    model = torch.compile(net, dynamic=True) if args.compile else net
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    c, (h, w) = cfg.model.in_channels, cfg.model.frame_size
+    pool = [torch.randn(int(rng.integers(10, 17)), c, h, w) * 0.5 for _ in range(64)]
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        picked, frames = [], 0
+        while True:
+            v = pool[int(rng.integers(len(pool)))]
+            if picked and frames + v.shape[0] > args.frame_budget:
+                break
+            picked.append(v)
+            frames += v.shape[0]
+        out = torch.zeros(len(picked), max(v.shape[0] for v in picked), c, h, w)  # (B, F, C, H, W)
+        for i, v in enumerate(picked):
+            out[i, : v.shape[0]] = v
+        return out, torch.tensor([v.shape[0] for v in picked])
+
+    rates, steps_s, first = [], [], 0.0
+    for i in range(args.steps):
+        x, lengths = batch()
+        t0 = time.perf_counter()
+        out = training_step(model, x, lengths, method=cfg.method, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        out.loss.total.backward()
+        opt.step()
+        dt = time.perf_counter() - t0
+        first = dt if i == 0 else first
+        if i >= args.warmup:
+            rates.append(training_flops(out.index.cu_seqlens, cfg.model)["total"] / dt)
+            steps_s.append(1.0 / dt)
+    gemm = max(gemm_rate(seconds=0.3) for _ in range(3))
+    row = {
+        "threads": args.threads, "frame_budget": args.frame_budget, "compile": args.compile,
+        "first_step_s": first, "steps_per_s_median": statistics.median(steps_s),
+        "step_flops_per_s_median": statistics.median(rates), "gemm_flops_per_s": gemm,
+        "mfu_cpu_median": statistics.median(rates) / gemm, "mfu_cpu_best": max(rates) / gemm,
+    }  # fmt: skip
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if args.out:
+        Path(args.out).write_text(json.dumps(row, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
