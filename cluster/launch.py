@@ -114,6 +114,25 @@ def check_data(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(data=data)
 
 
+READ_TASK_CPUS = 1.0  # Ray Data's default for a read task (``pipelines.dataset``)
+
+
+def reader_cpu_problem(cfg: TrainConfig, cluster_cpus: float) -> str | None:
+    """Why the workers' data readers could never run on a cluster of ``cluster_cpus`` CPUs,
+    or ``None``. Each worker reads its shard with Ray Data read tasks of one CPU, scheduled
+    beside the workers: when the workers hold every CPU the read task waits forever and so
+    does the run (seen: 1 worker with ``cpus_per_worker=2`` on 2 CPUs, no message)."""
+    c = cfg.cluster
+    held = c.num_workers * c.cpus_per_worker
+    if held + READ_TASK_CPUS <= cluster_cpus + 1e-9:
+        return None
+    return (
+        f"cluster.num_workers={c.num_workers} x cluster.cpus_per_worker={c.cpus_per_worker:g} "
+        f"hold {held:g} of the cluster's {cluster_cpus:g} CPUs and a data read task needs "
+        f"{READ_TASK_CPUS:g} more: lower cluster.cpus_per_worker (threads: OMP_NUM_THREADS)"
+    )
+
+
 def run_info(cfg: TrainConfig) -> dict[str, Any]:
     """Run directory, MLflow run (created or reused from ``run.json``), written to ``run.json``."""
     endpoint = cfg.cluster.storage_endpoint_url
@@ -191,7 +210,13 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
     resumed = check_resume(cfg)  # fail now, not in the workers (and not max_failures times)
     if resumed:
         log.info("continuing from %s", resumed)
-    connect()
+    started = connect()
+    problem = reader_cpu_problem(cfg, float(ray.cluster_resources().get("CPU", 0.0)))
+    if problem and started and os.environ.get("RAY_ADDRESS", "local") in ("", "local"):
+        ray.shutdown()  # a local head of fixed size: the run could never read a batch
+        raise ValueError(problem)
+    if problem:  # a cluster that may add nodes (an autoscaler): say it, do not refuse
+        log.warning("%s; the run waits until the cluster grows", problem)
     run = run_info(cfg)
     # Ray Train's controller writes through this one: retried longer (storage module doc)
     fs, root = storage.resolve(

@@ -36,6 +36,43 @@ def test_bad_override_fails_before_ray(command, capsys):
     assert "optim.lrr" in err and "unknown key" in err
 
 
+@pytest.mark.parametrize(
+    ("workers", "cpus", "cluster", "refused"),
+    [(1, 2.0, 2.0, True), (2, 1.0, 2.0, True), (2, 0.5, 2.0, False), (1, 1.0, 2.0, False),
+     (4, 1.0, 8.0, False), (4, 2.0, 8.0, True)],
+)  # fmt: skip
+def test_workers_that_leave_no_cpu_for_the_reader_are_named(workers, cpus, cluster, refused):
+    from flowception.cluster.config import load_config
+    from flowception.cluster.launch import reader_cpu_problem
+
+    cfg = load_config(
+        ROOT / "configs/demo-cpu.yaml",
+        [f"cluster.num_workers={workers}", f"cluster.cpus_per_worker={cpus}"],
+    )
+    problem = reader_cpu_problem(cfg, cluster)
+    assert (problem is not None) == refused, problem
+    if refused:
+        assert f"cluster.cpus_per_worker={cpus:g}" in problem and f"{cluster:g} CPUs" in problem
+
+
+def test_train_on_a_local_head_too_small_for_the_reader_is_one_line(tmp_path):
+    """Before: 1 worker holding both CPUs of a local head waited forever for its read task."""
+    from flowception.pipelines.sources import moving_mnist, write_clips
+
+    shards = tmp_path / "shards"
+    write_clips(moving_mnist(4, size=32, min_frames=4, max_frames=4, seed=0), str(shards))
+    cores = os.cpu_count()
+    t0 = time.monotonic()
+    out = _cli("train", "configs/demo-cpu.yaml", f"data.shards={shards}", "tracking.enabled=false",
+               f"cluster.storage_path={tmp_path / 'runs'}", "cluster.num_workers=1",
+               f"cluster.cpus_per_worker={cores}", timeout=300)  # fmt: skip
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("flowception train: error: cluster.num_workers=1 x "), line
+    assert f"cluster.cpus_per_worker={cores}" in line and "read task" in line
+    assert time.monotonic() - t0 < 120
+
+
 def _cli(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``flowception ARGS`` in a fresh process (Ray reads its auth mode at import)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
