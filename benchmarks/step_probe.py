@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_recipe beside it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
+    from demo_recipe import batch
 
     from flowception.cluster.config import load_config
     from flowception.model.dit import DiT
@@ -56,22 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     c, (h, w) = cfg.model.in_channels, cfg.model.frame_size
     pool = [torch.randn(int(rng.integers(10, 17)), c, h, w) * 0.5 for _ in range(64)]
 
-    def batch() -> tuple[torch.Tensor, torch.Tensor]:
-        picked, frames = [], 0
-        while True:
-            v = pool[int(rng.integers(len(pool)))]
-            if picked and frames + v.shape[0] > args.frame_budget:
-                break
-            picked.append(v)
-            frames += v.shape[0]
-        out = torch.zeros(len(picked), max(v.shape[0] for v in picked), c, h, w)  # (B, F, C, H, W)
-        for i, v in enumerate(picked):
-            out[i, : v.shape[0]] = v
-        return out, torch.tensor([v.shape[0] for v in picked])
-
     rates, steps_s, first = [], [], 0.0
     for i in range(args.steps):
-        x, lengths = batch()
+        x, lengths = batch(pool, args.frame_budget, rng)  # the sweep's packing, (B, F, C, H, W)
         t0 = time.perf_counter()
         out = training_step(model, x, lengths, method=cfg.method, generator=gen)
         opt.zero_grad(set_to_none=True)

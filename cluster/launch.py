@@ -25,7 +25,7 @@ from typing import Any
 from flowception.cluster import checkpoint, storage
 from flowception.cluster.config import TrainConfig
 from flowception.cluster.tracking import create_run, git_commit, run_exists, tracking_uri
-from flowception.pipelines.ray_session import connect
+from flowception.pipelines.ray_session import connect, starts_local_head
 from flowception.redact import redact_uri
 
 log = logging.getLogger("flowception.launch")
@@ -212,7 +212,7 @@ def launch(cfg: TrainConfig, *, worker_env: dict[str, str] | None = None) -> Tra
         log.info("continuing from %s", resumed)
     started = connect()
     problem = reader_cpu_problem(cfg, float(ray.cluster_resources().get("CPU", 0.0)))
-    if problem and started and os.environ.get("RAY_ADDRESS", "local") in ("", "local"):
+    if problem and started and starts_local_head():
         ray.shutdown()  # a local head of fixed size: the run could never read a batch
         raise ValueError(problem)
     if problem:  # a cluster that may add nodes (an autoscaler): say it, do not refuse

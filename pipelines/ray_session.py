@@ -81,6 +81,12 @@ def check_pid_max(path: Path = PID_MAX_FILE) -> int | None:
     return value
 
 
+def starts_local_head(address: str | None = None) -> bool:
+    """Whether ``connect(address=address)`` starts a local head (of this machine's fixed
+    size) rather than joining a cluster: ``address`` or ``RAY_ADDRESS`` unset or ``"local"``."""
+    return (address or os.environ.get("RAY_ADDRESS")) in (None, "local")
+
+
 def connect(num_cpus: int | None = None, *, address: str | None = None) -> bool:
     """Connect to ``RAY_ADDRESS``, or start a local head, unless Ray is already connected.
 
@@ -98,8 +104,8 @@ def connect(num_cpus: int | None = None, *, address: str | None = None) -> bool:
         return False
     # A driver started by ``uv run`` would otherwise make every worker ``uv run`` too.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    local = starts_local_head(address)
     address = address or os.environ.get("RAY_ADDRESS")
-    local = address in (None, "local")
     head: dict = {}
     if local:  # loopback unless asked otherwise
         host = local_host()
