@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from flowception.pipelines import schema
-from flowception.pipelines.decode import centre_crop_resize, encode_mp4
+from flowception.pipelines.decode import centre_crop_resize, encode_mp4, to_array
 from flowception.pipelines.shards import ShardWriter, Storage
 
 Split = Literal["train", "test"]
@@ -177,7 +177,7 @@ def _frames(path: Path, size: int) -> tuple[np.ndarray, float]:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 25)
         for frame in container.decode(stream):
-            rgb = frame.to_ndarray(format="rgb24")[None]  # (1, H, W, 3)
+            rgb = to_array(frame, "rgb24")[None]  # (1, H, W, 3)
             out.append(centre_crop_resize(rgb, size)[0])  # (size, size, 3)
     if not out:
         return np.zeros((0, size, size, 3), dtype=np.uint8), fps

@@ -60,3 +60,27 @@ def test_centre_crop_resize_keeps_the_centre():
 def test_encode_rejects_odd_sizes():
     with pytest.raises(ValueError, match="even"):
         encode_mp4(np.zeros((2, 7, 8, 1), np.uint8), 10.0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_decoding_runs_on_the_calling_thread_alone(channels):
+    """Readers decode in parallel processes, one clip at a time: a thread the decoder
+    starts for itself only costs (PyAV's reformatter started one per core for every frame,
+    4x the decode's own time). CPU time spent on other threads of this process while 20
+    clips decode must be a small part of the calling thread's (best of 3 tries, so that
+    another thread of the test process waking once cannot fail it)."""
+    import time
+
+    from flowception.pipelines.sources import moving_mnist
+
+    clips = moving_mnist(20, size=32, min_frames=8, max_frames=16, seed=0)
+    data = [encode_mp4(np.repeat(c.frames, channels, -1), c.fps) for c in clips]
+    decode_mp4(data[0], channels=channels)  # codec set-up outside the measurement
+    shares = []
+    for _ in range(3):
+        process, thread = time.process_time(), time.thread_time()
+        for d in data:
+            decode_mp4(d, channels=channels)
+        own = time.thread_time() - thread
+        shares.append((time.process_time() - process - own) / own)
+    assert min(shares) < 0.1, shares
