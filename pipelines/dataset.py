@@ -345,6 +345,13 @@ def task_chunks(reads: list[Read], per_task: int) -> list[list[Read]]:
     return [reads[i : i + per_task] for i in range(0, len(reads), per_task)]
 
 
+def task_size(reads: int, units_per_task: int, workers: int) -> int:
+    """Units per read task: ``units_per_task``, or fewer when a rank has so few reads that
+    its tasks would not keep ``workers`` decoding in parallel (at least ``workers`` tasks
+    while there are that many reads)."""
+    return max(1, min(units_per_task, -(-reads // max(1, workers))))
+
+
 def _datasource(
     cfg: DataConfig,
     shards: list[ShardInfo],
@@ -433,7 +440,7 @@ def build_dataset(
     reads = plan_reads(spec, cursor or DataCursor(), rank, world)
     if not reads:
         return ray.data.from_items([])
-    chunks = task_chunks(reads, cfg.units_per_task)
+    chunks = task_chunks(reads, task_size(len(reads), cfg.units_per_task, cfg.decode_workers))
     ds = ray.data.read_datasource(
         _datasource(cfg, shards, chunks, latent),
         override_num_blocks=len(chunks),

@@ -18,6 +18,7 @@ from flowception.pipelines.dataset import (
     read_shard_rows,
     read_task,
     shard_list,
+    task_size,
 )
 from flowception.pipelines.ingest import DataCursor, SplitSpec, worker_stream
 from flowception.pipelines.samples import read_samples
@@ -127,18 +128,28 @@ def test_epochs_orders_and_determinism(ray_data, mnist_dir):
 
 @pytest.mark.parametrize("per_task", [1, 4, 5])
 def test_tasks_of_several_shards_keep_the_plan_order(ray_data, mnist_dir, per_task):
-    """2 epochs x 3 shards read by concurrent tasks of ``per_task`` shards (5: one task
-    spans the epoch boundary, 4: the last task is short) arrive exactly in the order of
+    """4 epochs x 3 shards read by concurrent tasks of ``per_task`` shards (4 and 5: tasks
+    span epoch boundaries, 5: the last task is short) arrive exactly in the order of
     ``plan_reads`` read one after another without Ray."""
-    cfg = data_cfg(mnist_dir, epochs=2, seed=5, units_per_task=per_task, decode_workers=2)
+    cfg = data_cfg(mnist_dir, epochs=4, seed=5, units_per_task=per_task, decode_workers=2)
+    assert task_size(12, per_task, 2) == per_task  # the tasks are the ones named above
     shards = shard_list(cfg)
     expected = []
     for read in plan_reads(SplitSpec.from_config(cfg, len(shards)), DataCursor()):
         rows = read_task(cfg, shards, read)
         expected += [(read[0], k) for k, s in zip(rows["key"], rows["status"]) if s == "ok"]
     got, _ = _samples(cfg)
-    assert len(expected) == 2 * NUM_VIDEOS
+    assert len(expected) == 4 * NUM_VIDEOS
     assert [k for k, *_ in got] == expected
+
+
+def test_a_rank_with_few_reads_still_decodes_in_parallel():
+    """Tasks of ``units_per_task`` units, but never fewer tasks than decode workers while
+    there are enough reads: 4 shards in tasks of 12 would leave a second worker idle."""
+    assert task_size(4, 12, 2) == 2 and task_size(3, 12, 2) == 2  # 2 tasks each
+    assert task_size(1000, 12, 2) == 12 and task_size(24, 12, 2) == 12
+    assert task_size(1, 12, 2) == 1 and task_size(0, 12, 2) == 1
+    assert task_size(10, 4, 1) == 4
 
 
 def _keys(batches):
