@@ -125,11 +125,11 @@ def decode_mp4(
 def to_array(frame, fmt: str) -> np.ndarray:
     """One decoded frame as ``fmt`` (``gray``: ``(H, W)``, ``rgb24``: ``(H, W, 3)``).
 
-    One swscale thread: left to itself, PyAV's reformatter starts a thread per core for
-    every frame it converts and joins them after (3,236 ``clone3`` calls for 100 clips of
-    16 frames under ``strace -f``), and starting those threads cost 4x the decode itself:
-    9.2 against 1.9 ms a 64x64 clip on this machine, the same pixels either way. Readers
-    run in parallel processes, so a frame has no use for more than one thread.
+    One swscale thread: left to itself, PyAV's reformatter starts its own threads for
+    every frame it converts and joins them after, which cost 4x the decode itself: 9.3
+    against 2.1 ms a 16-frame 64x64 clip on this machine, the same pixels either way
+    (``benchmarks/decode_probe.py``). Readers run in parallel processes, so a frame has
+    no use for more than one thread.
     """
     return frame.to_ndarray(format=fmt, threads=1)
 
