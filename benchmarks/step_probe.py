@@ -3,6 +3,7 @@
     python benchmarks/step_probe.py                              # 1 thread, 64 frames: one demo worker
     python benchmarks/step_probe.py --threads 2 --frame-budget 128
     python benchmarks/step_probe.py --compile                    # torch.compile (inductor) first
+    python benchmarks/step_probe.py --world 2                    # 2 ranks, gradients all-reduced
 
 The model and the training law are ``configs/demo-latent-cpu.yaml``'s (the s-128 DiT at
 patch 2 on 8x8x4 latents, image-to-video with unconditional rows); the clips are random
@@ -12,7 +13,10 @@ steps are not timed. ``mfu_cpu`` is the step's training FLOPs per second
 (``model.flops.training_flops``) over the best of three fp32 GEMM rates with the same
 threads (``model.flops.gemm_rate``), as the train loop logs it; the median and the best
 step are reported. Run two at once (``&``) to see what two workers on two cores get
-without Ray. Prints one line and, with ``--out``, writes it as JSON.
+without Ray; ``--world 2`` runs two ranks that all-reduce their gradients over gloo each
+step (one flat buffer, as DeepSpeed's reduction does; its time is in the step), still
+without Ray, DeepSpeed or the reader. Prints one line (a line a rank) and, with ``--out``,
+writes it as JSON (rank 0's).
 """
 
 from __future__ import annotations
@@ -36,8 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="untimed first steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT first")
     p.add_argument("--config", default=str(ROOT / "configs/demo-latent-cpu.yaml"))
+    p.add_argument("--world", type=int, default=1, help="ranks all-reducing gradients (gloo)")
     p.add_argument("--out", help="JSON file for the result")
     args = p.parse_args(argv)
+    if args.world == 1:
+        return probe(0, args)
+    import torch.multiprocessing as mp
+
+    mp.spawn(probe, args=(args,), nprocs=args.world)
+    return 0
+
+
+def probe(rank: int, args: argparse.Namespace) -> int:
+    """One rank's timed steps (``args.world`` ranks: gradients all-reduced each step)."""
 
     import numpy as np
     import torch
@@ -50,12 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     from flowception.model.training import training_step
 
     torch.set_num_threads(args.threads)
+    if args.world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group(
+            "gloo", init_method="tcp://127.0.0.1:29561", rank=rank, world_size=args.world
+        )
     cfg = load_config(args.config, [])
     torch.manual_seed(0)
     net = DiT(cfg.model, rate_init=mean_insertion_target(cfg.data.num_frames, cfg.method))
     model = torch.compile(net, dynamic=True) if args.compile else net
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr)
-    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    rng, gen = np.random.default_rng(rank), torch.Generator().manual_seed(rank)
     c, (h, w) = cfg.model.in_channels, cfg.model.frame_size
     pool = [torch.randn(int(rng.integers(10, 17)), c, h, w) * 0.5 for _ in range(64)]
 
@@ -66,21 +87,29 @@ def main(argv: list[str] | None = None) -> int:
         out = training_step(model, x, lengths, method=cfg.method, generator=gen)
         opt.zero_grad(set_to_none=True)
         out.loss.total.backward()
+        if args.world > 1:
+            grads = [q.grad for q in net.parameters() if q.grad is not None]
+            flat = torch.cat([g.flatten() for g in grads])
+            dist.all_reduce(flat)
+            for g, v in zip(grads, torch.split(flat, [g.numel() for g in grads])):
+                g.copy_(v.view_as(g).div_(args.world))
         opt.step()
         dt = time.perf_counter() - t0
         first = dt if i == 0 else first
         if i >= args.warmup:
             rates.append(training_flops(out.index.cu_seqlens, cfg.model)["total"] / dt)
             steps_s.append(1.0 / dt)
+    if args.world > 1:
+        dist.barrier()  # the ranks time their GEMMs together, as the train loop's do
     gemm = max(gemm_rate(seconds=0.3) for _ in range(3))
     row = {
-        "threads": args.threads, "frame_budget": args.frame_budget, "compile": args.compile,
+        "rank": rank, "world": args.world, "threads": args.threads, "frame_budget": args.frame_budget, "compile": args.compile,
         "first_step_s": first, "steps_per_s_median": statistics.median(steps_s),
         "step_flops_per_s_median": statistics.median(rates), "gemm_flops_per_s": gemm,
         "mfu_cpu_median": statistics.median(rates) / gemm, "mfu_cpu_best": max(rates) / gemm,
     }  # fmt: skip
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    if args.out:
+    if args.out and rank == 0:
         Path(args.out).write_text(json.dumps(row, indent=2) + "\n")
     return 0
 
