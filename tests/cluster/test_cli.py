@@ -103,7 +103,7 @@ def test_submit_shared_fs_follow_status_stop(two_node, tmp_path):
             "--metadata-json", '{"team": "video"}']  # fmt: skip
     done = _cli("submit", str(ROOT / "configs/demo-cpu.yaml"), *overrides, *opts, "--follow",
                 cwd=tmp_path)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # the job's log too
     out = done.stdout
     job_id = out.splitlines()[0].strip()
     assert f"job {job_id}: SUCCEEDED" in out
