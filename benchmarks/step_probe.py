@@ -18,7 +18,8 @@ step are reported. Run two at once (``&``) to see what two workers on two cores 
 without Ray; ``--world 2`` runs two ranks that all-reduce their gradients over gloo each
 step (one flat buffer, as DeepSpeed's reduction does; its time is in the step), still
 without Ray, DeepSpeed or the reader; ``--ray`` runs those ranks as the demo's Ray Train
-workers (``TorchTrainer`` on a local Ray of 2 CPUs, half a CPU a worker, gloo), still
+workers (``TorchTrainer`` on the demo's local head of 2 CPUs, ``cluster.cpus_per_worker`` a
+worker, gloo), still
 without DeepSpeed or the reader; ``--zero STAGE`` steps through the training loop's DeepSpeed
 engine instead (``cluster.deepspeed_config``: its AdamW, ZeRO stage ``STAGE`` over gloo, gradient
 clipping), still without the reader. Each line also has the median milliseconds of the step's
@@ -68,27 +69,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def in_ray_train(args: argparse.Namespace) -> int:
     """``args.world`` ranks of ``probe`` as Ray Train workers, sized as the demo's."""
-    import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        trainer = TorchTrainer(
+    from flowception.cluster.config import load_config
+    from flowception.pipelines.ray_session import ray_session
+
+    cpus = load_config(args.config, []).cluster.cpus_per_worker
+    with ray_session(2, address="local"):  # a local head as the demo's (stage 3)
+        TorchTrainer(
             lambda config: probe(ray.train.get_context().get_world_rank(), config["args"]),
             train_loop_config={"args": args},
             torch_config=TorchConfig(backend="gloo"),
             scaling_config=ray.train.ScalingConfig(
-                num_workers=args.world, resources_per_worker={"CPU": 2 / args.world / 2}
+                num_workers=args.world, resources_per_worker={"CPU": cpus}
             ),
             run_config=ray.train.RunConfig(
                 storage_path="/tmp/step_probe_ray",  # demo_recipe (the packing) importable
                 worker_runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
             ),
-        )
-        trainer.fit()
-    finally:
-        ray.shutdown()
+        ).fit()
     return 0
 
 
