@@ -7,7 +7,7 @@
     python benchmarks/step_probe.py --world 2 --ray              # the same ranks as Ray Train workers
     python benchmarks/step_probe.py --world 2 --ray --zero 2     # ... through the DeepSpeed engine
 
-The model and the training law are ``configs/demo-latent-cpu.yaml``'s (the s-128 DiT at
+The model and the training law are ``configs/demo-latent-cpu.yaml``'s (its DiT at
 patch 2 on 8x8x4 latents, image-to-video with unconditional rows); the clips are random
 latents of 10-16 frames packed to ``--frame-budget`` frames a step, as a Ray Train worker's
 batches are. Each step is forward, the losses, backward and AdamW; the first ``--warmup``

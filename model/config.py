@@ -121,6 +121,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(depth=2, width=32, heads=2),
     "s-64": dict(depth=4, width=64, heads=4),
     "s-128": dict(depth=6, width=128, heads=4),
+    "s-256": dict(depth=6, width=256, heads=4),  # the demo's (configs/demo-latent-cpu.yaml)
     "b-384": dict(depth=12, width=384, heads=6),
     "l-768": dict(depth=24, width=768, heads=12),
     "xl-1152": dict(depth=28, width=1152, heads=16),
@@ -160,6 +161,11 @@ class MethodConfig(Config):
     tau_g_weighting: bool = True
     """E8w: weight each video's loss terms by ``tau_max / mean(tau_max)`` so the weighted law at
     fixed ``tau_g`` is exactly E4-E7's (short videos); ignored for ``bounded_logit_normal``."""
+    tau_g_stratified: bool = False
+    """Draw a batch's ``B`` global times from ``B`` strata of the uniform (``u_b = (pi_b +
+    U_b) / B``, ``pi`` a random permutation) before E8/E9's map: each video's ``tau_g`` keeps
+    its law, the batch's spread of visible frames shrinks, so ranks with a fixed frame
+    budget do closer amounts of work a step and wait less for each other."""
     time_shift: float = 1.0
     """``s`` of the time warp E3; 1 = off."""
     context_noise: float = 0.1

@@ -94,7 +94,7 @@ def sample_training_times(
         lengths: ``[B]`` int, valid frames per video (``1 <= L <= F``).
         num_slots: ``F``, frame slots of the padded batch.
         method: the method config (``n_start``, ``n_start_context``, ``tau_g_law``,
-            ``tau_g_weighting``, ``time_shift``, ``task``).
+            ``tau_g_weighting``, ``tau_g_stratified``, ``time_shift``, ``task``).
         generator: the only source of randomness.
         is_context: optional ``[B, F]`` bool overriding the task's context frames.
 
@@ -134,19 +134,24 @@ def sample_training_times(
     # [3] global time (E8 / E9) with rejection (spec 4.5)
     tau_max = torch.where(cand, delay, torch.zeros_like(delay)).amax(1) + 1.0 - _EPS_END  # (B,)
 
-    def draw() -> Tensor:
+    def draw(stratified: bool = False) -> Tensor:
+        if method.tau_g_law == "bounded_logit_normal" and not stratified:
+            return torch.sigmoid(torch.randn(b, generator=generator, device=dev)) * tau_max
+        u = torch.rand(b, generator=generator, device=dev)
+        if stratified:  # one draw in each of B strata, in random order: marginals unchanged
+            perm = torch.randperm(b, generator=generator, device=dev).to(u.dtype)
+            u = ((perm + u) / b).clamp(min=1e-7, max=1.0 - 1e-7)
         if method.tau_g_law == "uniform02":
-            return 2.0 * torch.rand(b, generator=generator, device=dev)
-        if method.tau_g_law == "bounded_logit_normal":
-            z = torch.randn(b, generator=generator, device=dev)
-            return torch.sigmoid(z) * tau_max
-        return torch.rand(b, generator=generator, device=dev) * tau_max
+            return 2.0 * u
+        if method.tau_g_law == "bounded_logit_normal":  # z = Phi^-1(u), a standard normal
+            return torch.sigmoid(torch.special.ndtri(u)) * tau_max
+        return u * tau_max
 
     def any_flowing(tg: Tensor) -> Tensor:
         tau = tg[:, None] - delay
         return (cand & (tau >= 0) & (tau < 1)).any(1)
 
-    tau_g = draw()
+    tau_g = draw(method.tau_g_stratified)
     for _ in range(_REJECTION_ROUNDS):
         ok = any_flowing(tau_g)
         if bool(ok.all()):
