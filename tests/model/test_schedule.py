@@ -3,6 +3,7 @@
 import pytest
 import torch
 from scipy import stats
+from torch import special
 
 from flowception.model.config import MethodConfig
 from flowception.model.schedule import insertion_targets, sample_training_times
@@ -149,12 +150,15 @@ def test_stratified_tau_g_keeps_each_videos_law_and_spreads_the_batch(law):
     tp = torch.stack([s.tau_g for s in plain])
     for j in (0, b - 1):  # any position: each video's marginal is unchanged
         assert stats.ks_2samp(ts[:, j].numpy(), tp[:, j].numpy()).pvalue > 0.001, j
-    if law == "bounded":  # E8: u = tau_g / tau_max is U[0, 1), one in each stratum
+    if law != "uniform02":  # E9 rejects many draws past tau_max: its kept u is not uniform
+        # the uniform behind each draw (E8 and the logit-normal law inverted): one in each
+        # stratum, and uniform inside its stratum, not only across them
         cand = [s.valid & ~s.is_context for s in strat]
         tau_max = torch.stack([s.delay.masked_fill(~c, 0).amax(1) for s, c in zip(strat, cand)])
-        u = ts / (tau_max + 1 - 1e-3)
+        r = ts / (tau_max + 1 - 1e-3)
+        u = r if law == "bounded" else special.ndtr(special.logit(r))
         assert stats.kstest(u.flatten().numpy(), "uniform").pvalue > 0.001
-        within = (u * b).frac().flatten()  # uniform inside each stratum, not only across
+        within = (u * b).frac().flatten()
         assert stats.kstest(within.numpy(), "uniform").pvalue > 0.001
         strata = (u * b).floor().long().sort(1).values
         share = float((strata == torch.arange(b)).all(1).double().mean())
