@@ -1,6 +1,7 @@
 """Does classifier-free guidance on the context (spec E20) keep a demo video's digit?
 
     python benchmarks/guidance_probe.py outputs/demo --scales 1 2 3 --out /tmp/guidance
+    python benchmarks/guidance_probe.py outputs/demo --scales 1 --num-steps 16 64 --out /tmp/k
     python benchmarks/digit_identity.py /tmp/guidance/cfg1 /tmp/guidance/cfg2 /tmp/guidance/cfg3 \\
         --test outputs/demo/data/moving_mnist_1digit/test
 
@@ -14,6 +15,7 @@ drop_context=True)``), the branch ``method.cond_drop_prob`` trains.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -26,20 +28,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", help="a make demo output folder (runs/*/export, data/)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     p.add_argument("--out", required=True, help="root of the cfg<scale>/ folders")
+    p.add_argument("--num-steps", type=int, nargs="+", default=[None],
+                   help="sampler steps K (default: the run's method.num_steps); folders "
+                        "cfg<scale>_k<K>/ when given")  # fmt: skip
+    p.add_argument("--videos", type=int, default=None,
+                   help="videos a task (default: the demo's 8; at most the test clips)")  # fmt: skip
     args = p.parse_args(argv)
-    root = Path(args.folder)
-    exports = sorted(root.glob("runs/*/export"))
-    tests = sorted(root.glob("data/moving_mnist_*/test"))
-    if len(exports) != 1 or len(tests) != 1:
-        raise SystemExit(f"{root}: {len(exports)} runs/*/export, {len(tests)} test folders")
+    export, data = demo.locate(args.folder)
     plan = demo.DemoPlan.make(quick=False, steps=None)
+    if args.videos:
+        plan = dataclasses.replace(plan, sample_videos=args.videos)
     lengths = {}
     for scale in args.scales:
-        out = Path(args.out) / f"cfg{scale:g}"
-        got = demo.samples(str(exports[0]), {"test": str(tests[0])}, out, plan, "", None,
-                           sampler={"cfg_scale": scale})  # fmt: skip
-        lengths[f"{scale:g}"] = {k: sum(v) / len(v) for k, v in got.items()}
-        print(f"cfg_scale {scale:g}: mean lengths {lengths[f'{scale:g}']} -> {out}")
+        for k in args.num_steps:
+            name = f"cfg{scale:g}" + (f"_k{k}" if k else "")
+            sampler = {"cfg_scale": scale, **({"num_steps": k} if k else {})}
+            got = demo.samples(str(export), {"test": str(data / "test")}, Path(args.out) / name,
+                               plan, "", None, sampler=sampler)  # fmt: skip
+            lengths[name] = {task: sum(v) / len(v) for task, v in got.items()}
+            print(f"{name}: mean lengths {lengths[name]} -> {Path(args.out) / name}")
     (Path(args.out) / "lengths.json").write_text(json.dumps(lengths, indent=1))
     return 0
 

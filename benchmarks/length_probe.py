@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from flowception.cluster.checkpoint import load_inference_model
+from flowception.eval.demo import locate
 from flowception.model.generate import generate
 from flowception.pipelines.config import DataConfig
 from flowception.pipelines.dataset import decode_rows, read_shard_rows
@@ -61,20 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=48, help="videos per sampler call")
     p.add_argument("--out", help="JSON file for the table")
     args = p.parse_args(argv)
-    root = Path(args.folder)
-    exports = sorted(root.glob("runs/*/export"))
-    data = sorted(root.glob("data/moving_mnist_*"))
-    if len(exports) != 1 or len(data) != 1:
-        raise SystemExit(f"{root}: {len(exports)} runs/*/export, {len(data)} data folders")
+    export, data = locate(args.folder)
     torch.set_num_threads(2)
-    net, cfg = load_inference_model(exports[0])
+    net, cfg = load_inference_model(export)
     vae = VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu") if cfg.data.vae_dir else None
-    train_len = [len(c) for c in clips(str(data[0] / "train"))]
-    test = clips(str(data[0] / "test"))
+    train_len = [len(c) for c in clips(str(data / "train"))]
+    test = clips(str(data / "test"))
     data_mean = float(np.mean(train_len))
     ctx = [torch.from_numpy(vae.encode(c[:1])) for c in test] if vae else None
     if ctx is None:
-        raise SystemExit(f"{root}: the probe reads latent demo runs (no data.vae_dir)")
+        raise SystemExit(f"{args.folder}: the probe reads latent demo runs (no data.vae_dir)")
     rows = {"data": {"train_clips": len(train_len), "train_mean": round(data_mean, 3),
                      "test_mean": round(float(np.mean([len(c) for c in test])), 3)}}  # fmt: skip
     print(json.dumps(rows["data"]))

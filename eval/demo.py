@@ -76,6 +76,20 @@ class DemoPlan:
         return f"moving_mnist_{self.digits}digit{speed}"
 
 
+def locate(folder: str | Path) -> tuple[Path, Path]:
+    """``(export, data)`` of a finished demo folder: its one ``runs/*/export`` and its one
+    ``data/moving_mnist_*`` (shards in ``train/``, ``test/``); what the benchmarks read.
+
+    Raises:
+        SystemExit: the folder holds no or several of either, named in the message.
+    """
+    root = Path(folder)
+    exports, data = sorted(root.glob("runs/*/export")), sorted(root.glob("data/moving_mnist_*"))
+    if len(exports) != 1 or len(data) != 1:
+        raise SystemExit(f"{root}: {len(exports)} runs/*/export, {len(data)} data/moving_mnist_*")
+    return exports[0], data[0]
+
+
 def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
     """[1] shards with the project's own writer (the same as ``flowception data make-shards``)."""
     from flowception.eval.cli import main as cli
