@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
                         "cfg<scale>_k<K>/ when given")  # fmt: skip
     p.add_argument("--videos", type=int, default=None,
                    help="videos a task (default: the demo's 8; at most the test clips)")  # fmt: skip
+    p.add_argument("--contexts", choices=["test", "train"], default="test",
+                   help="whose first frames start the image-to-video videos")  # fmt: skip
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="further method fields for the sampler, e.g. n_start_context=0")  # fmt: skip
     args = p.parse_args(argv)
+    extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     export, data = demo.locate(args.folder)
     plan = demo.DemoPlan.make(quick=False, steps=None)
     if args.videos:
@@ -42,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     for scale in args.scales:
         for k in args.num_steps:
             name = f"cfg{scale:g}" + (f"_k{k}" if k else "")
-            sampler = {"cfg_scale": scale, **({"num_steps": k} if k else {})}
-            got = demo.samples(str(export), {"test": str(data / "test")}, Path(args.out) / name,
+            sampler = {"cfg_scale": scale, **({"num_steps": k} if k else {}), **extra}
+            got = demo.samples(str(export), {"test": str(data / args.contexts)}, Path(args.out) / name,
                                plan, "", None, sampler=sampler)  # fmt: skip
             lengths[name] = {task: sum(v) / len(v) for task, v in got.items()}
             print(f"{name}: mean lengths {lengths[name]} -> {Path(args.out) / name}")
