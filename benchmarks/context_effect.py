@@ -24,10 +24,10 @@ import torch
 
 from flowception.cluster.checkpoint import load_inference_model
 from flowception.eval.demo import locate
-from flowception.pipelines.config import DataConfig
-from flowception.pipelines.dataset import decode_rows, read_shard_rows
 from flowception.pipelines.latents import VaeCodec
-from flowception.pipelines.shards import list_shards
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from length_probe import clips, save  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.data.vae_dir:
         raise SystemExit(f"{export}: the probe reads latent demo runs (no data.vae_dir)")
     vae = VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu")
-    dcfg = DataConfig(shards=str(data / "test"), size=32, channels=1, clip_start="first",
-                      shuffle=False)  # fmt: skip
-    clips = []
-    for shard in list_shards(str(data / "test")):
-        batch = decode_rows(read_shard_rows(dcfg, shard.url, 0, 0), dcfg)
-        clips += [np.asarray(v) for v, st in zip(batch["video"], batch["status"]) if st == "ok"]
-    z = [torch.from_numpy(vae.encode(c)).float() for c in clips]  # [T, C, h, w] each
+    z = [torch.from_numpy(vae.encode(c)).float() for c in clips(str(data / "test"))]
     g = torch.Generator().manual_seed(0)
     rows: dict[str, dict] = {}
     n = len(z)
@@ -73,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[key] = {k: round(float(np.mean(v)), 4) for k, v in err.items()}
             rows[key]["clips"] = len(err["own"])
             print(key, json.dumps(rows[key]), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    save(rows, args.out)
     return 0
 
 

@@ -41,6 +41,12 @@ def clips(folder: str) -> list[np.ndarray]:
     return out
 
 
+def save(rows: dict, out: str | None) -> None:
+    """Write a probe's table as JSON (``--out``), when asked."""
+    if out:
+        Path(out).write_text(json.dumps(rows, indent=1) + "\n")
+
+
 def stats(lengths: list[int], data_mean: float, cap: int) -> dict:
     x = np.asarray(lengths, dtype=float)
     se = float(x.std(ddof=1) / np.sqrt(len(x)))
@@ -95,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[key] = {t: stats(v, data_mean, method.max_frames) for t, v in got.items()}
             rows[key]["seconds"] = round(time.perf_counter() - t0, 1)
             print(key, json.dumps(rows[key]), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    save(rows, args.out)
     return 0
 
 
