@@ -8,7 +8,7 @@ Loads a ``make demo`` folder's exported EMA model and draws, for each sampler se
 video from the first frame of every test clip, with the same seed, and counts their
 frames (no decoding). Prints, per setting and task, the mean generated length, its
 standard error and its difference from the mean length of the demo's training clips
-(read from their ``index.json``-listed shards by the demo's own reader).
+(decoded by ``pipelines.vae_train.shard_videos``, as the autoencoder's training reads them).
 """
 
 from __future__ import annotations
@@ -25,20 +25,18 @@ import torch
 from flowception.cluster.checkpoint import load_inference_model
 from flowception.eval.demo import locate
 from flowception.model.generate import generate
-from flowception.pipelines.config import DataConfig
-from flowception.pipelines.dataset import decode_rows, read_shard_rows
 from flowception.pipelines.latents import VaeCodec
-from flowception.pipelines.shards import list_shards
+from flowception.pipelines.vae_train import shard_videos
 
 
 def clips(folder: str) -> list[np.ndarray]:
-    """Every decodable clip of a shard folder, in order, ``(T, H, W, C)`` uint8."""
-    cfg = DataConfig(shards=folder, size=32, channels=1, clip_start="first", shuffle=False)
-    out = []
-    for shard in list_shards(folder):
-        batch = decode_rows(read_shard_rows(cfg, shard.url, 0, 0), cfg)
-        out += [np.asarray(v) for v, st in zip(batch["video"], batch["status"]) if st == "ok"]
-    return out
+    """Every decodable clip of a demo shard folder (``pipelines.vae_train.shard_videos``);
+    says how many rows it skipped and why."""
+    videos, counts = shard_videos(folder, size=32, channels=1)
+    skipped = {k: n for k, n in counts.items() if k != "ok"}
+    if skipped:
+        print(f"{folder}: skipped {sum(skipped.values())} rows {skipped}", file=sys.stderr)
+    return videos
 
 
 def save(rows: dict, out: str | None) -> None:
@@ -71,13 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     export, data = locate(args.folder)
     torch.set_num_threads(2)
     net, cfg = load_inference_model(export)
-    vae = VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu") if cfg.data.vae_dir else None
+    if not cfg.data.vae_dir:
+        raise SystemExit(f"{export}: the probe reads latent demo runs (no data.vae_dir)")
+    vae = VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu")
     train_len = [len(c) for c in clips(str(data / "train"))]
     test = clips(str(data / "test"))
     data_mean = float(np.mean(train_len))
-    ctx = [torch.from_numpy(vae.encode(c[:1])) for c in test] if vae else None
-    if ctx is None:
-        raise SystemExit(f"{args.folder}: the probe reads latent demo runs (no data.vae_dir)")
+    ctx = [torch.from_numpy(vae.encode(c[:1])) for c in test]
     rows = {"data": {"train_clips": len(train_len), "train_mean": round(data_mean, 3),
                      "test_mean": round(float(np.mean([len(c) for c in test])), 3)}}  # fmt: skip
     print(json.dumps(rows["data"]))
