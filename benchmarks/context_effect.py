@@ -22,12 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowception.cluster.checkpoint import load_inference_model
-from flowception.eval.demo import locate
-from flowception.pipelines.latents import VaeCodec
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from length_probe import clips, save  # noqa: E402
+from length_probe import clips, latent_run, save  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,12 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--times", type=float, nargs="+", default=[0.0, 0.3, 0.6, 0.9], help="t")
     p.add_argument("--out", help="JSON file")
     args = p.parse_args(argv)
-    export, data = locate(args.folder)
-    torch.set_num_threads(2)
-    net, cfg = load_inference_model(export)
-    if not cfg.data.vae_dir:
-        raise SystemExit(f"{export}: the probe reads latent demo runs (no data.vae_dir)")
-    vae = VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu")
+    net, _, vae, data = latent_run(args.folder)
     z = [torch.from_numpy(vae.encode(c)).float() for c in clips(str(data / "test"))]
     g = torch.Generator().manual_seed(0)
     rows: dict[str, dict] = {}

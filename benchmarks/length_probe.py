@@ -39,6 +39,17 @@ def clips(folder: str) -> list[np.ndarray]:
     return videos
 
 
+def latent_run(folder: str):
+    """``(net, cfg, vae, data)`` of a latent demo folder: its exported EMA model and
+    config, its autoencoder and its ``data/moving_mnist_*`` folder."""
+    export, data = locate(folder)
+    torch.set_num_threads(2)
+    net, cfg = load_inference_model(export)
+    if not cfg.data.vae_dir:
+        raise SystemExit(f"{export}: the probe reads latent demo runs (no data.vae_dir)")
+    return net, cfg, VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu"), data
+
+
 def save(rows: dict, out: str | None) -> None:
     """Write a probe's table as JSON (``--out``), when asked."""
     if out:
@@ -66,12 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=48, help="videos per sampler call")
     p.add_argument("--out", help="JSON file for the table")
     args = p.parse_args(argv)
-    export, data = locate(args.folder)
-    torch.set_num_threads(2)
-    net, cfg = load_inference_model(export)
-    if not cfg.data.vae_dir:
-        raise SystemExit(f"{export}: the probe reads latent demo runs (no data.vae_dir)")
-    vae = VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu")
+    net, cfg, vae, data = latent_run(args.folder)
     train_len = [len(c) for c in clips(str(data / "train"))]
     test = clips(str(data / "test"))
     data_mean = float(np.mean(train_len))
