@@ -38,8 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="further method fields for the sampler, e.g. n_start_context=0")  # fmt: skip
     args = p.parse_args(argv)
-    extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    export, data = demo.locate(args.folder)
+    extra = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            p.error(f"--set {item!r}: want FIELD=VALUE")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value  # a bare string, e.g. insertion=poisson
+    try:
+        export, data = demo.locate(args.folder)
+    except FileNotFoundError as e:
+        p.error(str(e))
     plan = demo.DemoPlan.make(quick=False, steps=None)
     if args.videos:
         plan = dataclasses.replace(plan, sample_videos=args.videos)

@@ -42,7 +42,10 @@ def clips(folder: str) -> list[np.ndarray]:
 def latent_run(folder: str):
     """``(net, cfg, vae, data)`` of a latent demo folder: its exported EMA model and
     config, its autoencoder and its ``data/moving_mnist_*`` folder."""
-    export, data = locate(folder)
+    try:
+        export, data = locate(folder)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
     torch.set_num_threads(2)
     net, cfg = load_inference_model(export)
     if not cfg.data.vae_dir:

@@ -81,12 +81,14 @@ def locate(folder: str | Path) -> tuple[Path, Path]:
     ``data/moving_mnist_*`` (shards in ``train/``, ``test/``); what the benchmarks read.
 
     Raises:
-        SystemExit: the folder holds no or several of either, named in the message.
+        FileNotFoundError: the folder holds no or several of either, named in the message.
     """
     root = Path(folder)
     exports, data = sorted(root.glob("runs/*/export")), sorted(root.glob("data/moving_mnist_*"))
     if len(exports) != 1 or len(data) != 1:
-        raise SystemExit(f"{root}: {len(exports)} runs/*/export, {len(data)} data/moving_mnist_*")
+        raise FileNotFoundError(
+            f"{root}: {len(exports)} runs/*/export, {len(data)} data/moving_mnist_* (want one of each)"
+        )
     return exports[0], data[0]
 
 
