@@ -27,6 +27,7 @@ Everything lands in MLflow (the training run and its two eval child runs) and ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -55,7 +56,12 @@ class DemoPlan:
     train_overrides: tuple[str, ...] = ()  # on top of configs/demo-latent-cpu.yaml
 
     @classmethod
-    def make(cls, quick: bool, steps: int | None) -> DemoPlan:
+    def make(cls, quick: bool, steps: int | None, speed: float | None = None) -> DemoPlan:
+        plan = cls._sizes(quick, steps)
+        return plan if speed is None else dataclasses.replace(plan, speed=speed)
+
+    @classmethod
+    def _sizes(cls, quick: bool, steps: int | None) -> DemoPlan:
         if quick:  # s-128 with independent global times: with the full recipe, none of the six
             # image-to-video samples of its 20-step model reached FVD's 10 frames (2026-12-02)
             return cls(train_videos=48, test_videos=12, steps=steps or 30, eval_videos=6,
@@ -247,7 +253,12 @@ def loss_curves(uri: str, run_id: str, out: Path) -> Path | None:
 
 
 def run_demo(
-    out: Path, *, quick: bool = False, steps: int | None = None, verbose: bool = False
+    out: Path,
+    *,
+    quick: bool = False,
+    steps: int | None = None,
+    verbose: bool = False,
+    speed: float | None = None,
 ) -> dict:
     """Run every stage; returns the summary that is printed and written to ``summary.json``.
 
@@ -261,7 +272,7 @@ def run_demo(
     from flowception.pipelines.ray_session import ray_session
     from flowception.pipelines.vae_train import RECORD_NAME
 
-    plan = DemoPlan.make(quick, steps)
+    plan = DemoPlan.make(quick, steps, speed)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"out": str(out), "log": str(out / "demo.log")}
@@ -345,8 +356,23 @@ def summary_lines(s: dict, out: Path) -> list[str]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    run_demo(Path(args.out), quick=args.quick, steps=args.steps, verbose=args.verbose)
+    run_demo(Path(args.out), quick=args.quick, steps=args.steps, verbose=args.verbose,
+             speed=args.speed)  # fmt: skip
     return 0
+
+
+ROOM = 18  # px a digit can move in on the demo's canvas: 32 minus its 14 px digit
+
+
+def digit_speed(text: str) -> float:
+    """``--speed``: px/frame in ``[0, ROOM]`` (make-shards' bounds at the demo's size)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= ROOM:
+        raise argparse.ArgumentTypeError(f"{value:g} px/frame outside [0, {ROOM}]")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -363,4 +389,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verbose", action="store_true", help="print every log line (default: {out}/demo.log)"
     )
+    p.add_argument(
+        "--speed", type=digit_speed, default=None,
+        help="digit speed in px/frame (default 1.125; data/moving_mnist_1digit_<speed>px)",
+    )  # fmt: skip
     p.set_defaults(func=_demo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,3 +108,49 @@ def test_quick_demo_end_to_end(tmp_path):
 
     ema = load_file(str(Path(summary["export"]) / "ema.safetensors"))
     assert float(ema["velocity_head.linear.weight"].abs().sum()) > 0
+
+
+def _mean_step(videos) -> float:
+    """Mean px (L1) a frame's intensity centroid moves to the next frame, over all clips."""
+    steps = []
+    for v in videos:
+        w = v[..., 0].astype(np.float64)  # (T, H, W)
+        ys, xs = np.mgrid[: w.shape[1], : w.shape[2]]
+        c = np.stack([(w * ys).sum((1, 2)), (w * xs).sum((1, 2))], -1) / w.sum((1, 2))[:, None]
+        steps += list(np.abs(np.diff(c, axis=0)).sum(1))
+    return float(np.mean(steps))
+
+
+def test_demo_speed_reaches_the_shards(tmp_path):
+    """``flowception demo --speed``: the demo's clips move at that speed (their own folder)."""
+    from flowception.eval import demo
+    from flowception.pipelines.vae_train import shard_videos
+
+    got = {}
+    for speed in (None, 0.5):
+        plan = demo.DemoPlan.make(False, None, speed)  # what run_demo builds from --speed
+        plan = dataclasses.replace(plan, train_videos=4, test_videos=2)
+        data = demo.make_data(tmp_path, plan)
+        videos, counts = shard_videos(data["train"], size=32, channels=1)
+        assert counts == {"ok": 4}, counts
+        got[speed] = _mean_step(videos)
+    assert Path(data["train"]).parent.name == "moving_mnist_1digit_0.5px"
+    # the writer is seeded: the same clips (digits, places, directions) at 0.5 against the
+    # default 1.125 px/frame; digits sit at whole pixels, hence the tolerance
+    assert 0.35 < got[0.5] / got[None] < 0.55, got
+
+
+def test_demo_rejects_a_bad_speed_before_any_work(tmp_path):
+    """A speed make-shards cannot draw is a one-line usage error; nothing is made."""
+    out = tmp_path / "demo"
+    for bad, says in (("40", "40 px/frame outside [0, 18]"), ("fast", "'fast' is not a number")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "flowception.eval.cli", "demo", "--out", str(out), "--speed", bad],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert (
+            proc.stderr.strip().splitlines()[-1]
+            == f"flowception demo: error: argument --speed: {says}"
+        )
+        assert not out.exists()
