@@ -27,7 +27,6 @@ Everything lands in MLflow (the training run and its two eval child runs) and ``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -57,15 +56,10 @@ class DemoPlan:
 
     @classmethod
     def make(cls, quick: bool, steps: int | None, speed: float | None = None) -> DemoPlan:
-        plan = cls._sizes(quick, steps)
-        return plan if speed is None else dataclasses.replace(plan, speed=speed)
-
-    @classmethod
-    def _sizes(cls, quick: bool, steps: int | None) -> DemoPlan:
         if quick:  # s-128 with independent global times: with the full recipe, none of the six
             # image-to-video samples of its 20-step model reached FVD's 10 frames (2026-12-02)
             return cls(train_videos=48, test_videos=12, steps=steps or 30, eval_videos=6,
-                       sample_videos=4, checkpoint_every=15, vae_steps=30, digits=1,
+                       sample_videos=4, checkpoint_every=15, vae_steps=30, digits=1, speed=speed,
                        uncond_metrics=tuple(m for m in UNCOND_METRICS if m != "fvd"),
                        train_overrides=("model.width=128", "method.tau_g_stratified=false"))  # fmt: skip
         # every test clip is evaluated: with 32 of the 48 the length criterion's standard
@@ -73,7 +67,8 @@ class DemoPlan:
         # much of the length criterion is sampling noise"); those 32 averaged 12.56 frames,
         # all 48 12.90
         return cls(train_videos=400, test_videos=48, steps=steps or 1200, eval_videos=48,
-                   sample_videos=8, checkpoint_every=600, vae_steps=900, digits=1)  # fmt: skip
+                   sample_videos=8, checkpoint_every=600, vae_steps=900, digits=1,
+                   speed=speed)  # fmt: skip
 
     @property
     def data_name(self) -> str:
