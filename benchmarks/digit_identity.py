@@ -32,9 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowception.pipelines.sources import moving_mnist_digit
 from flowception.pipelines.vae_train import shard_videos
 
-SIZE, DIGIT = 32, 14  # the demo's canvas and digit side (pipelines.sources.moving_mnist)
+SIZE = 32  # the demo's canvas
+DIGIT = moving_mnist_digit(SIZE)  # its digits' side (14 px), as make-shards draws them
 
 
 def placed(images: np.ndarray, rng: np.random.Generator) -> torch.Tensor:

@@ -356,17 +356,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-ROOM = 18  # px a digit can move in on the demo's canvas: 32 minus its 14 px digit
-
-
 def digit_speed(text: str) -> float:
-    """``--speed``: px/frame in ``[0, ROOM]`` (make-shards' bounds at the demo's size)."""
+    """``--speed``: px/frame in make-shards' bounds at the demo's 32 px canvas."""
+    from flowception.pipelines.sources import moving_mnist_digit
+
+    room = 32 - moving_mnist_digit(32)
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= ROOM:
-        raise argparse.ArgumentTypeError(f"{value:g} px/frame outside [0, {ROOM}]")
+    if not 0 <= value <= room:
+        raise argparse.ArgumentTypeError(f"{value:g} px/frame outside [0, {room}]")
     return value
 
 

@@ -82,6 +82,12 @@ def split_digits(split: Split) -> np.ndarray:
     return idx[(idx % 5 == 4) == (split == "test")]
 
 
+def moving_mnist_digit(size: int) -> int:
+    """Side in px of a Moving MNIST digit on a ``size x size`` canvas (28 px at 64); a digit
+    moves in the ``size - moving_mnist_digit(size)`` px left, which bounds ``speed``."""
+    return max(4, round(28 * size / 64))
+
+
 def moving_mnist(
     num_videos: int,
     *,
@@ -124,7 +130,7 @@ def moving_mnist(
         if not 1 <= glyphs <= len(train):
             raise ValueError(f"moving_mnist: glyphs={glyphs!r} outside [1, {len(train)}]")
         pool = train[np.linspace(0, len(train) - 1, glyphs).round().astype(np.int64)]
-    digit = max(4, round(28 * size / 64))
+    digit = moving_mnist_digit(size)
     room = size - digit
     if room <= 0:
         raise ValueError(f"moving_mnist: size={size} too small for {digit}px digits")
