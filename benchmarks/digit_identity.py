@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowception.eval.demo import SIZE  # the demo's canvas
 from flowception.pipelines.sources import moving_mnist_digit
 from flowception.pipelines.vae_train import shard_videos
 
-SIZE = 32  # the demo's canvas
 DIGIT = moving_mnist_digit(SIZE)  # its digits' side (14 px), as make-shards draws them
 
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo-latent-cpu.yaml"
+SIZE = 32
+"""Side in px of the demo's Moving MNIST frames (make-shards ``--size``)."""
 UNCOND_METRICS = ("fvd", "temporal_flickering", "motion_smoothness", "length")
 """What the demo measures of unconditional videos (the image-to-video eval has them all);
 ``--quick`` leaves out FVD, which needs two generated videos of the protocol's 10 frames."""
@@ -102,7 +104,7 @@ def make_data(root: Path, plan: DemoPlan) -> dict[str, str]:
     for split, n in (("train", plan.train_videos), ("test", plan.test_videos)):
         path = root / plan.data_name / split
         if not (path / "index.json").exists():
-            args = ["data", "make-shards", "moving-mnist", "--out", str(path), "--size", "32",
+            args = ["data", "make-shards", "moving-mnist", "--out", str(path), "--size", str(SIZE),
                     "--split", split, "--num-videos", str(n), "--min-frames", "10", "--max-frames", "16",
                     "--max-samples", "12", "--digits", str(plan.digits)]  # fmt: skip
             args += [] if plan.speed is None else ["--speed", str(plan.speed)]
@@ -198,7 +200,7 @@ def samples(
 
     net, cfg = load_inference_model(export)
     vae = VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu") if cfg.data.vae_dir else None
-    dcfg = DataConfig(shards=data["test"], size=32, channels=1, clip_start="first", shuffle=False)
+    dcfg = DataConfig(shards=data["test"], size=SIZE, channels=1, clip_start="first", shuffle=False)
     batch = decode_rows(read_shard_rows(dcfg, list_shards(data["test"])[0].url, 0, 0), dcfg)
     firsts = [np.asarray(v)[:1] for v, st in zip(batch["video"], batch["status"]) if st == "ok"]
     firsts = firsts[: plan.sample_videos]  # (1, H, W, C) uint8 each
@@ -357,10 +359,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def digit_speed(text: str) -> float:
-    """``--speed``: px/frame in make-shards' bounds at the demo's 32 px canvas."""
+    """``--speed``: px/frame in make-shards' bounds on the demo's ``SIZE`` px canvas."""
     from flowception.pipelines.sources import moving_mnist_digit
 
-    room = 32 - moving_mnist_digit(32)
+    room = SIZE - moving_mnist_digit(SIZE)
     try:
         value = float(text)
     except ValueError:
