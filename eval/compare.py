@@ -37,6 +37,8 @@ DIRECTIONS: tuple[tuple[str, Direction], ...] = (
     (r"proxy/dynamic_degree_farneback", "info"),  # read against real/: more is not better
     (r"length/wasserstein", "min"),
     (r"length/(mean_generated|mean_data|mean_difference_se)", "info"),  # against the data's mean
+    (r"digits/(context_kept|identity_kept)", "max"),  # ``flowception demo`` (``eval.digits``)
+    (r"digits/(classifier_accuracy|videos)", "info"),
     # training (``cluster.train_loop``)
     (r"loss|loss_velocity|loss_insertion", "min"),
     (r"time_per_step_s", "min"),

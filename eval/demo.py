@@ -18,7 +18,9 @@ Stages (each prints ``[k/8]``; long ones show progress bars):
     autoencoder: a frame grid coloured by birth iteration, gifs
 [6] evaluation: the eval job on decoded videos (FVD with the real I3D, VBench-style
     scores, length law) for image-to-video, then for unconditional generation (FVD,
-    flicker, smoothness, length law; the real clips' I3D statistics are cached and reused)
+    flicker, smoothness, length law; the real clips' I3D statistics are cached and reused),
+    and digit identity: an MNIST classifier's reading of the samples and the real test
+    clips (``eval.digits``: does a video keep its digit?)
 [7] plots: loss curves from MLflow
 [8] stop what was started, print where to look
 Everything lands in MLflow (the training run and its two eval child runs) and ``--out``.
@@ -54,6 +56,7 @@ class DemoPlan:
     digits: int = 2  # moving digits a clip (the demo: one)
     speed: float | None = None  # digit speed in px/frame (None: make-shards' 1.125 at 32x32)
     uncond_metrics: tuple[str, ...] = UNCOND_METRICS  # the unconditional eval's (stage 6)
+    classifier_steps: int = 1500  # the digit classifier's (stage 6, ``eval.digits``)
     train_overrides: tuple[str, ...] = ()  # on top of configs/demo-latent-cpu.yaml
 
     @classmethod
@@ -62,6 +65,7 @@ class DemoPlan:
             # image-to-video samples of its 20-step model reached FVD's 10 frames (2026-12-02)
             return cls(train_videos=48, test_videos=12, steps=steps or 30, eval_videos=6,
                        sample_videos=4, checkpoint_every=15, vae_steps=30, digits=1, speed=speed,
+                       classifier_steps=60,
                        uncond_metrics=tuple(m for m in UNCOND_METRICS if m != "fvd"),
                        train_overrides=("model.width=128", "method.tau_g_stratified=false"))  # fmt: skip
         # every test clip is evaluated: with 32 of the 48 the length criterion's standard
@@ -233,6 +237,55 @@ def samples(
     return lengths
 
 
+def digit_identity(
+    out: Path, data: dict[str, str], plan: DemoPlan, uri: str, run_id: str | None
+) -> dict[str, float]:
+    """[6] does a video keep its digit? ``eval.digits``'s classifier (trained once, kept in
+    ``assets/``) read over the samples of stage 5 and the real test clips. Logged to the
+    training run beside the eval job's metrics and named as they are (``eval/digits/...``,
+    ``eval/unconditional/digits/...``, each with its ``.../real/digits/...`` twin), so
+    ``flowception compare`` reads each against the data."""
+    from flowception.eval.digits import load_or_train, sample_folder_scores
+
+    path = out / "assets" / f"digit_cnn_{SIZE}px_{plan.classifier_steps}.pt"
+    net, accuracy = load_or_train(path, SIZE, steps=plan.classifier_steps)
+    got = sample_folder_scores(net, out / "samples", data["test"], SIZE)
+    real = got["real"]
+    metrics = {"eval/digits/classifier_accuracy": accuracy}
+    for task, prefix, keys in (("image_to_video", "eval/", ("context_kept", "identity_kept")),
+                               ("unconditional", "eval/unconditional/", ("identity_kept",))):  # fmt: skip
+        metrics.update({f"{prefix}digits/{k}": got[task][k] for k in keys})
+        metrics.update({f"{prefix}real/digits/{k}": real[k] for k in keys})
+        metrics[f"{prefix}digits/videos"] = got[task]["videos"]
+        metrics[f"{prefix}real/digits/videos"] = real["videos"]
+    if uri and run_id:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, float(value), step=plan.steps)
+    return metrics
+
+
+def digit_lines(d: dict[str, float]) -> list[str]:
+    """The summary's words on ``digit_identity``: each share beside the real clips'."""
+    real_c, real_i = d["eval/real/digits/context_kept"], d["eval/real/digits/identity_kept"]
+    gen_c, gen_i = d["eval/digits/context_kept"], d["eval/digits/identity_kept"]
+    un = "eval/unconditional/"
+    verdict = ("it keeps the context's digit about as the real clips do" if gen_c >= real_c - 0.1
+               else "it loses the context's digit, the frames turn into other digits")  # fmt: skip
+    return [
+        f"digit identity (an MNIST classifier, {d['eval/digits/classifier_accuracy']:.2f} "
+        f"accurate on placed test digits; {int(d['eval/real/digits/videos'])} real test clips):",
+        f"  - image-to-video: the context's digit in {gen_c:.0%} of the later frames (real "
+        f"{real_c:.0%}), a video's most frequent digit in {gen_i:.0%} of its frames (real "
+        f"{real_i:.0%}), {int(d['eval/digits/videos'])} videos: {verdict}",
+        f"  - unconditional: a video's most frequent digit in {d[un + 'digits/identity_kept']:.0%} "
+        f"of its frames (real {d[un + 'real/digits/identity_kept']:.0%}), "
+        f"{int(d[un + 'digits/videos'])} videos",
+    ]
+
+
 def loss_curves(uri: str, run_id: str, out: Path) -> Path | None:
     """[7] loss curves of the training run as a PNG artifact."""
     from mlflow.tracking import MlflowClient
@@ -298,7 +351,7 @@ def run_demo(
                     result.export, data, out, plan, uri, result.mlflow_run_id
                 )
                 con.stage(6, 8, "evaluation: FVD (real I3D), VBench-style metrics, length law; "
-                          "image-to-video, then unconditional")  # fmt: skip
+                          "image-to-video, then unconditional; digit identity")  # fmt: skip
                 base = [
                     f"eval.detector={i3d}", "eval.protocol.num_frames=10",
                     f"num_videos={plan.eval_videos}", "batch_size=4", f"shards={lat['test']}",
@@ -311,6 +364,7 @@ def run_demo(
                 un = run_eval(load_job_config(result.checkpoint, [
                     *base, "task=unconditional", f"eval.metrics=[{','.join(plan.uncond_metrics)}]"]))  # fmt: skip
                 summary["eval_unconditional"] = un.metrics
+                summary["digits"] = digit_identity(out, data, plan, uri, result.mlflow_run_id)
                 con.stage(7, 8, "plots: loss curves")
                 if result.mlflow_run_id:
                     summary["loss_curves"] = str(loss_curves(uri, result.mlflow_run_id, out))
@@ -337,6 +391,8 @@ def summary_lines(s: dict, out: Path) -> list[str]:
         lines.append("  unconditional (no frame given):")
         lines += [f"  - {line}" for line in compare_with_reference(un)]
     lines.append(f"  sample lengths: {s.get('sample_lengths')}")
+    if d := s.get("digits"):
+        lines += [f"  {line}" for line in digit_lines(d)]
     if ae := s.get("autoencoder"):
         lines.append(f"  autoencoder: held-out reconstruction mse {ae['heldout_recon_mse']:.4f} "
                      f"(a blank frame: {ae['heldout_blank_mse']:.4f}); samples are no sharper")  # fmt: skip

@@ -60,6 +60,17 @@ def test_quick_demo_end_to_end(tmp_path):
     assert not any(k.endswith("subject_consistency_i3d") or k.startswith("fvd") for k in un)
     lengths = summary["sample_lengths"]
     assert set(lengths) == {"image_to_video", "unconditional"}
+    # digit identity: the classifier's reading of the 4 + 4 samples beside the 12 test clips'
+    digits = summary["digits"]
+    assert "digit identity (an MNIST classifier" in proc.stdout
+    assert (digits["eval/digits/videos"], digits["eval/unconditional/digits/videos"]) == (4, 4)
+    assert digits["eval/real/digits/videos"] == 12
+    shares = ("eval/digits/context_kept", "eval/digits/identity_kept",
+              "eval/real/digits/context_kept", "eval/real/digits/identity_kept",
+              "eval/unconditional/digits/identity_kept",
+              "eval/unconditional/real/digits/identity_kept")  # fmt: skip
+    assert all(0 <= digits[k] <= 1 for k in shares), digits
+    assert (out / "assets" / "digit_cnn_32px_60.pt").exists()  # kept for the next run
     assert all(2 <= n <= 16 for v in lengths.values() for n in v)
     for f in (
         "samples/image_to_video/frame_grid.png",
@@ -81,6 +92,8 @@ def test_quick_demo_end_to_end(tmp_path):
                     "diag/expected_length", f"eval/{fvd_key}", "eval/unconditional/length/wasserstein"):  # fmt: skip
             assert key in metrics, key
         assert metrics["eval/unconditional/length/wasserstein"] == un["length/wasserstein"]
+        for key in shares:
+            assert metrics[key] == pytest.approx(digits[key]), key
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"demo_samples", "plots"} <= arts
         children = client.search_runs([run.info.experiment_id],

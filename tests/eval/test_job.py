@@ -356,12 +356,15 @@ def test_compare_reads_each_task_against_its_own_references():
              "eval/unconditional/fvd32_10f": 300.0, "eval/unconditional/fvd32_10f/static": 261.0,
              "eval/unconditional/length/mean_generated": 14.0,
              "eval/unconditional/length/mean_data": 12.6,
-             "eval/unconditional/real/vbench/temporal_flickering": 0.97}  # fmt: skip
+             "eval/unconditional/real/vbench/temporal_flickering": 0.97,
+             "eval/unconditional/digits/identity_kept": 0.3,  # the demo's (eval.digits)
+             "eval/unconditional/real/digits/identity_kept": 0.99}  # fmt: skip
     assert data_reference(final, "eval/fvd32_10f") == "static 260"
     assert data_reference(final, "eval/unconditional/fvd32_10f") == "static 261"
     assert data_reference(final, "eval/unconditional/length/mean_generated") == "12.6"
     assert data_reference(final, "eval/unconditional/vbench/temporal_flickering") == "0.97"
     assert data_reference(final, "eval/vbench/temporal_flickering") == "0.95"
+    assert data_reference(final, "eval/unconditional/digits/identity_kept") == "0.99"
     assert split_eval("eval/unconditional/length/wasserstein") == (
         "eval/unconditional/",
         "length/wasserstein",
@@ -369,7 +372,9 @@ def test_compare_reads_each_task_against_its_own_references():
     assert split_eval("loss") == ("", "loss")
     for key, want in (("eval/unconditional/length/wasserstein", "min"),
                       ("eval/unconditional/fvd32_10f/static", "info"),
-                      ("eval/image_to_video/fvd32_10f", "min")):  # fmt: skip
+                      ("eval/image_to_video/fvd32_10f", "min"),
+                      ("eval/unconditional/digits/identity_kept", "max"),
+                      ("eval/digits/context_kept", "max"), ("eval/digits/videos", "info")):  # fmt: skip
         assert direction(key) == want, key
 
 
