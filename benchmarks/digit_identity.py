@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from flowception.eval.demo import SIZE  # the demo's canvas
-from flowception.eval.digits import load_or_train, sample_folder_scores
+from flowception.eval.digits import folder_scores, identity_scores, load_or_train, real_clips
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,10 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     net, accuracy = load_or_train(args.classifier, SIZE)
     rows = {}
     for folder in args.folders:
-        got = sample_folder_scores(net, Path(folder) / "samples", test, SIZE)
-        real = got.pop("real")
+        got = folder_scores(net, Path(folder) / "samples")
         rows.update({f"{folder} {task}": r for task, r in got.items()})
-    rows[f"{test} (real test clips)"] = real
+    rows[f"{test} (real test clips)"] = identity_scores(net, real_clips(test, SIZE))
     record = {"classifier_test_accuracy": accuracy, "seconds": time.perf_counter() - t0,
               "rows": rows, "command": " ".join(sys.argv)}  # fmt: skip
     print(f"classifier accuracy on placed test digits: {accuracy:.3f}\n")

@@ -27,7 +27,7 @@ from torch import nn
 
 CLASSIFIER_STEPS = 1500
 """Training steps of the classifier (batch 128, cosine from 2e-3): 0.969 on placed test
-digits, 92 s on 2 cores (``benchmarks/digit_identity.py``)."""
+digits, 72 s on 2 idle cores (600 steps: 0.955, 41 s; demo_recipe.md, fourth session)."""
 
 
 def placed(images: np.ndarray, rng: np.random.Generator, size: int) -> torch.Tensor:
@@ -152,15 +152,12 @@ def real_clips(shards: str, size: int) -> list[np.ndarray]:
     return [v[..., 0] for v in clips]
 
 
-def sample_folder_scores(
-    net: nn.Module, samples: str | Path, test_shards: str, size: int
-) -> dict[str, dict[str, float]]:
-    """Scores of ``samples/{image_to_video,unconditional}`` gifs and of the real test clips:
-    ``{"image_to_video": ..., "unconditional": ..., "real": ...}`` (a task without a
-    folder is left out)."""
-    out = {}
-    for task in ("image_to_video", "unconditional"):
-        if (Path(samples) / task).is_dir():
-            out[task] = identity_scores(net, read_gifs(Path(samples) / task))
-    out["real"] = identity_scores(net, real_clips(test_shards, size))
-    return out
+def folder_scores(net: nn.Module, samples: str | Path) -> dict[str, dict[str, float]]:
+    """Scores of the ``samples/{image_to_video,unconditional}`` gifs, by task (a task
+    without a folder is left out). The real clips' reference is ``identity_scores(net,
+    real_clips(...))``, read once however many folders are scored."""
+    return {
+        task: identity_scores(net, read_gifs(Path(samples) / task))
+        for task in ("image_to_video", "unconditional")
+        if (Path(samples) / task).is_dir()
+    }
