@@ -187,8 +187,10 @@ def samples(
     sampler: dict | None = None,
 ) -> dict:
     """[5] image-to-video from test first frames and unconditional videos, decoded by the
-    run's autoencoder, logged to MLflow. ``sampler`` overrides method fields (e.g.
-    ``{"cfg_scale": 2.0}``, ``benchmarks/guidance_probe.py``)."""
+    run's autoencoder, logged to MLflow. A class-conditional run (``model.num_classes``) draws
+    video ``i`` of each task with the class of test clip ``i`` (cycled), as the eval job does.
+    ``sampler`` overrides method fields (e.g. ``{"cfg_scale": 2.0}``,
+    ``benchmarks/guidance_probe.py``)."""
 
     import numpy as np
     import torch
@@ -208,6 +210,9 @@ def samples(
     batch = decode_rows(read_shard_rows(dcfg, list_shards(data["test"])[0].url, 0, 0), dcfg)
     firsts = [np.asarray(v)[:1] for v, st in zip(batch["video"], batch["status"]) if st == "ok"]
     firsts = firsts[: plan.sample_videos]  # (1, H, W, C) uint8 each
+    classes = None
+    if getattr(net.cfg, "num_classes", 0) > 0:  # a class-conditional run: the clips' classes
+        classes = [int(lab) for lab, st in zip(batch["label"], batch["status"]) if st == "ok"]
     files, lengths = [], {}
     for task in ("image_to_video", "unconditional"):
         method = cfg.method.replace(task=task, **(sampler or {}))
@@ -218,8 +223,12 @@ def samples(
                 torch.as_tensor(f).permute(0, 3, 1, 2).float()[:, :1] / 127.5 - 1.0
                 for f in firsts
             ]  # fmt: skip
-        out_s = generate(net, method=method, num_videos=len(ctx) if ctx else plan.sample_videos,
-                         generator=torch.Generator().manual_seed(0), context=ctx, return_trace=True)  # fmt: skip
+        num = len(ctx) if ctx else plan.sample_videos
+        labels = None if classes is None else torch.as_tensor([classes[i % len(classes)]
+                                                               for i in range(num)])  # fmt: skip
+        out_s = generate(net, method=method, num_videos=num,
+                         generator=torch.Generator().manual_seed(0), context=ctx, return_trace=True,
+                         labels=labels)  # fmt: skip
         videos = [vae.decode(v) if vae else v for v in out_s.videos]  # [T, C, H, W] in [-1, 1]
         lengths[task] = [int(v.shape[0]) for v in videos]
         folder = out / "samples" / task
