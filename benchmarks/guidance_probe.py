@@ -2,6 +2,7 @@
 
     python benchmarks/guidance_probe.py outputs/demo --scales 1 2 3 --out /tmp/guidance
     python benchmarks/guidance_probe.py outputs/demo --scales 1 --num-steps 16 64 --out /tmp/k
+    python benchmarks/guidance_probe.py /tmp/interp --scales 1 --tasks interpolation --out /tmp/i
     python benchmarks/digit_identity.py /tmp/guidance/cfg1 /tmp/guidance/cfg2 /tmp/guidance/cfg3 \\
         --test outputs/demo/data/moving_mnist_1digit/test
 
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="videos a task (default: the demo's 8; at most the test clips)")  # fmt: skip
     p.add_argument("--contexts", choices=["test", "train"], default="test",
                    help="whose first frames start the image-to-video videos")  # fmt: skip
+    p.add_argument("--tasks", nargs="+", default=["image_to_video", "unconditional"],
+                   choices=["image_to_video", "interpolation", "unconditional"],
+                   help="interpolation: each test clip's first and last frames as keyframes")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="further method fields for the sampler, e.g. n_start_context=0")  # fmt: skip
     args = p.parse_args(argv)
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"cfg{scale:g}" + (f"_k{k}" if k else "")
             sampler = {"cfg_scale": scale, **({"num_steps": k} if k else {}), **extra}
             got = demo.samples(str(export), {"test": str(data / args.contexts)}, Path(args.out) / name,
-                               plan, "", None, sampler=sampler)  # fmt: skip
+                               plan, "", None, sampler=sampler, tasks=tuple(args.tasks))  # fmt: skip
             lengths[name] = {task: sum(v) / len(v) for task, v in got.items()}
             print(f"{name}: mean lengths {lengths[name]} -> {Path(args.out) / name}")
     (Path(args.out) / "lengths.json").write_text(json.dumps(lengths, indent=1))

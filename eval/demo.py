@@ -185,12 +185,15 @@ def samples(
     uri: str,
     run_id: str | None,
     sampler: dict | None = None,
+    tasks: tuple[str, ...] = ("image_to_video", "unconditional"),
 ) -> dict:
     """[5] image-to-video from test first frames and unconditional videos, decoded by the
     run's autoencoder, logged to MLflow. A class-conditional run (``model.num_classes``) draws
     video ``i`` of each task with the class of test clip ``i`` (cycled), as the eval job does.
     ``sampler`` overrides method fields (e.g. ``{"cfg_scale": 2.0}``,
-    ``benchmarks/guidance_probe.py``)."""
+    ``benchmarks/guidance_probe.py``); ``tasks`` may also hold ``interpolation`` (each test
+    clip's first and last frames as the keyframes, spec section 10), into
+    ``samples/{task}/``."""
 
     import numpy as np
     import torch
@@ -208,20 +211,24 @@ def samples(
     vae = VaeCodec(cfg.data.vae, str(cfg.data.vae_dir), "cpu") if cfg.data.vae_dir else None
     dcfg = DataConfig(shards=data["test"], size=SIZE, channels=1, clip_start="first", shuffle=False)
     batch = decode_rows(read_shard_rows(dcfg, list_shards(data["test"])[0].url, 0, 0), dcfg)
-    firsts = [np.asarray(v)[:1] for v, st in zip(batch["video"], batch["status"]) if st == "ok"]
-    firsts = firsts[: plan.sample_videos]  # (1, H, W, C) uint8 each
+    clips = [np.asarray(v) for v, st in zip(batch["video"], batch["status"]) if st == "ok"]
+    clips = clips[: plan.sample_videos]  # (T, H, W, C) uint8 each, whole (<= 16 frames)
+    keyframes = {"image_to_video": [0], "interpolation": [0, -1]}  # each clip's context frames
+    unknown = sorted(set(tasks) - {*keyframes, "unconditional"})
+    if unknown:
+        raise ValueError(f"tasks={unknown}: expected image_to_video, interpolation, unconditional")
     classes = None
     if getattr(net.cfg, "num_classes", 0) > 0:  # a class-conditional run: the clips' classes
         classes = [int(lab) for lab, st in zip(batch["label"], batch["status"]) if st == "ok"]
     files, lengths = [], {}
-    for task in ("image_to_video", "unconditional"):
+    for task in tasks:
         method = cfg.method.replace(task=task, **(sampler or {}))
         ctx = None
-        if task == "image_to_video":
+        if task in keyframes:
             ctx = [
                 torch.from_numpy(vae.encode(f)) if vae else
                 torch.as_tensor(f).permute(0, 3, 1, 2).float()[:, :1] / 127.5 - 1.0
-                for f in firsts
+                for f in (c[keyframes[task]] for c in clips)
             ]  # fmt: skip
         num = len(ctx) if ctx else plan.sample_videos
         labels = None if classes is None else torch.as_tensor([classes[i % len(classes)]

@@ -153,11 +153,11 @@ def real_clips(shards: str, size: int) -> list[np.ndarray]:
 
 
 def folder_scores(net: nn.Module, samples: str | Path) -> dict[str, dict[str, float]]:
-    """Scores of the ``samples/{image_to_video,unconditional}`` gifs, by task (a task
-    without a folder is left out). The real clips' reference is ``identity_scores(net,
-    real_clips(...))``, read once however many folders are scored."""
+    """Scores of the ``samples/{image_to_video,interpolation,unconditional}`` gifs, by task
+    (a task without a folder is left out). The real clips' reference is
+    ``identity_scores(net, real_clips(...))``, read once however many folders are scored."""
     return {
         task: identity_scores(net, read_gifs(Path(samples) / task))
-        for task in ("image_to_video", "unconditional")
+        for task in ("image_to_video", "interpolation", "unconditional")
         if (Path(samples) / task).is_dir()
     }

@@ -17,28 +17,32 @@ from flowception.eval import demo
 from flowception.eval.digits import read_gifs
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    """An export folder of a tiny pixel DiT with 10 classes whose conditioning matters:
-    the AdaLN and head layers, zero at initialisation, drawn at random."""
+def _export(out, overrides: list[str]):
+    """An export folder of a tiny pixel DiT whose conditioning matters: the AdaLN and head
+    layers, zero at initialisation, drawn at random."""
     from safetensors.torch import save_file
 
     from flowception.model.dit import DiT
 
-    cfg = load_config("configs/demo-cpu.yaml", ["model.num_classes=10", "method.num_steps=4",
-                                                "method.max_frames=6"])  # fmt: skip
+    cfg = load_config("configs/demo-cpu.yaml", ["method.num_steps=4", "method.max_frames=6",
+                                                *overrides])  # fmt: skip
     torch.manual_seed(0)
     net = DiT(cfg.model)
     with torch.no_grad():
         for name, p in net.named_parameters():
             if "adaLN" in name or "head" in name or "y_embedder" in name:
                 p.normal_(0.0, 0.3)
-    out = tmp_path_factory.mktemp("export")
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     save_file(state, out / "model.safetensors")
     save_file(state, out / "ema.safetensors")
     (out / "config.yaml").write_text(cfg.to_yaml())
     return out, net.eval(), cfg
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """A class-conditional one (10 classes)."""
+    return _export(tmp_path_factory.mktemp("export"), ["model.num_classes=10"])
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +86,29 @@ def test_a_class_conditional_run_is_sampled_with_the_clips_classes(export, test_
 
     assert same(got, drawn(torch.as_tensor(classes[:4]), "with_classes"))
     assert not same(got, drawn(None, "without"))  # the labels change what is drawn
+
+
+def test_interpolation_samples_keep_each_clips_first_and_last_frames(test_shards, tmp_path):
+    """``tasks=("interpolation",)``: the keyframes are each test clip's first and last
+    frames, kept clean and in order in its video (the model decides how many frames each
+    gap gets; this untrained one also inserts after the last keyframe, which a trained one
+    learns not to: nothing follows a clip's last frame in training)."""
+    from flowception.eval.digits import real_clips
+
+    folder, _, _ = _export(tmp_path, ["method.task=interpolation", "method.n_start=0"])
+    shards, _ = test_shards
+    plan = dataclasses.replace(demo.DemoPlan.make(quick=True, steps=None), sample_videos=3)
+    demo.samples(str(folder), {"test": shards}, tmp_path / "demo", plan, "", None,
+                 tasks=("interpolation",))  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "demo" / "samples").iterdir()) == ["interpolation"]
+    got = read_gifs(tmp_path / "demo" / "samples" / "interpolation")
+    real = real_clips(shards, 32)[:3]
+    assert len(got) == 3
+    for video, clip in zip(got, real):
+        first = [int(np.abs(f.astype(int) - clip[0]).max()) for f in video]
+        last = [int(np.abs(f.astype(int) - clip[-1]).max()) for f in video]
+        assert first[0] <= 2, first  # gif rounding
+        assert min(last[1:]) <= 2, last  # the last keyframe, after the first
+    with pytest.raises(ValueError, match="continuation"):
+        demo.samples(str(folder), {"test": shards}, tmp_path / "x", plan, "", None,
+                     tasks=("continuation",))  # fmt: skip

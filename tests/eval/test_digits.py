@@ -80,9 +80,12 @@ def test_sample_folders_are_read_from_their_gifs(classifier, clips, tmp_path):
     back = digits.read_gifs(folder)
     assert [len(v) for v in back] == [len(v) for v in videos[:4]]
     assert max(np.abs(b.astype(int) - v.astype(int)).max() for b, v in zip(back, videos)) <= 2
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "samples" / "interpolation", ignore=lambda d, n: n[2:])
     got = digits.folder_scores(classifier, tmp_path / "samples")
-    assert set(got) == {"image_to_video"}  # no unconditional folder: left out
-    assert got["image_to_video"]["videos"] == 4
+    assert set(got) == {"image_to_video", "interpolation"}  # no unconditional folder: left out
+    assert got["image_to_video"]["videos"] == 4 and got["interpolation"]["videos"] == 2
     with pytest.raises(FileNotFoundError, match="no video_"):
         digits.read_gifs(tmp_path)
 
