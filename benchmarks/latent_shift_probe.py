@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-STRIDE = 4  # the demo autoencoder's spatial compression (32 -> 8)
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             continue  # too near a wall: a shift would wrap the digit round
         used += 1
         z0 = vae.encode(frame[None, :, :, None])[0]  # (C, h, w)
+        stride = SIZE // z0.shape[-1]  # the autoencoder's spatial compression (4: 32 -> 8)
         norm = float(np.linalg.norm(z0))
         for k in args.shifts:
             zk = vae.encode(np.roll(frame, k, axis=1)[None, :, :, None])[0]
-            rolled = np.roll(z0, k // STRIDE, axis=2) if k % STRIDE == 0 else None
+            rolled = np.roll(z0, k // stride, axis=2) if k % stride == 0 else None
             rows[k].append((
                 float(np.linalg.norm(zk - z0)) / norm,
                 float("nan") if rolled is None else float(np.linalg.norm(zk - rolled)) / norm,
@@ -65,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{used} test clips' first frames\n")
     print("| shift (px) | moved: latent change | rolled: off a moved latent |\n|---|---|---|")
     for k, r in table.items():
-        rolled = "-" if np.isnan(r["rolled"]) else f"{r['rolled']:.3f} ({k // STRIDE} latent px)"
+        rolled = "-" if np.isnan(r["rolled"]) else f"{r['rolled']:.3f} ({k // stride} latent px)"
         print(f"| {k} | {r['moved']:.3f} | {rolled} |")
     if args.out:
-        record = {"clips": used, "shifts": table, "command": " ".join(sys.argv)}
+        record = {"clips": used, "stride": stride, "shifts": table, "command": " ".join(sys.argv)}
         Path(args.out).write_text(json.dumps(record, indent=2, allow_nan=True))
     return 0
 

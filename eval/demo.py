@@ -195,6 +195,11 @@ def samples(
     clip's first and last frames as the keyframes, spec section 10), into
     ``samples/{task}/``."""
 
+    keyframes = {"image_to_video": [0], "interpolation": [0, -1]}  # each clip's context frames
+    unknown = sorted(set(tasks) - {*keyframes, "unconditional"})
+    if unknown:
+        raise ValueError(f"tasks={unknown}: expected image_to_video, interpolation, unconditional")
+
     import numpy as np
     import torch
 
@@ -213,10 +218,6 @@ def samples(
     batch = decode_rows(read_shard_rows(dcfg, list_shards(data["test"])[0].url, 0, 0), dcfg)
     clips = [np.asarray(v) for v, st in zip(batch["video"], batch["status"]) if st == "ok"]
     clips = clips[: plan.sample_videos]  # (T, H, W, C) uint8 each, whole (<= 16 frames)
-    keyframes = {"image_to_video": [0], "interpolation": [0, -1]}  # each clip's context frames
-    unknown = sorted(set(tasks) - {*keyframes, "unconditional"})
-    if unknown:
-        raise ValueError(f"tasks={unknown}: expected image_to_video, interpolation, unconditional")
     classes = None
     if getattr(net.cfg, "num_classes", 0) > 0:  # a class-conditional run: the clips' classes
         classes = [int(lab) for lab, st in zip(batch["label"], batch["status"]) if st == "ok"]

@@ -109,6 +109,6 @@ def test_interpolation_samples_keep_each_clips_first_and_last_frames(test_shards
         last = [int(np.abs(f.astype(int) - clip[-1]).max()) for f in video]
         assert first[0] <= 2, first  # gif rounding
         assert min(last[1:]) <= 2, last  # the last keyframe, after the first
-    with pytest.raises(ValueError, match="continuation"):
-        demo.samples(str(folder), {"test": shards}, tmp_path / "x", plan, "", None,
-                     tasks=("continuation",))  # fmt: skip
+    with pytest.raises(ValueError, match="continuation"):  # before the export is read
+        demo.samples(str(tmp_path / "no-export"), {"test": shards}, tmp_path / "x", plan, "",
+                     None, tasks=("continuation",))  # fmt: skip
