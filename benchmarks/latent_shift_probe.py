@@ -8,8 +8,9 @@ test clip whose digit has 8 px of room on both sides, the frame shifted right by
 pixels is encoded and compared with
 
 - the unshifted frame's latent (``moved``: how different the latent of the moved digit is),
-- that latent rolled by ``k / 4`` latent pixels when ``k`` is a multiple of the stride
-  (``rolled``: how far the encoder is from moving the latent with the digit),
+- that latent moved by ``k / stride`` latent pixels, bilinearly for a fraction
+  (``interpolated``: how far the encoder is from moving the latent with the digit; what
+  ``data train-vae --shift-weight`` trains down),
 
 each as a norm relative to the unshifted latent's. Prints a markdown table; ``--out``
 writes it as JSON.
@@ -35,37 +36,29 @@ def main(argv: list[str] | None = None) -> int:
     from flowception.eval.demo import SIZE
     from flowception.eval.digits import real_clips
     from flowception.pipelines.latents import VaeCodec
+    from flowception.pipelines.vae_train import latent_move_error
 
     data = Path(args.data)
     vae = VaeCodec("image", str(data / "vae"), "cpu")
     margin = max(args.shifts)
-    rows: dict[int, list[tuple[float, float]]] = {k: [] for k in args.shifts}
-    used = 0
+    frames = []
     for clip in real_clips(str(data / "test"), SIZE):
-        frame = clip[0]  # uint8 [H, W]
-        cols = np.nonzero((frame > 20).any(axis=0))[0]
-        if cols.min() < margin or cols.max() >= SIZE - margin:
-            continue  # too near a wall: a shift would wrap the digit round
-        used += 1
-        z0 = vae.encode(frame[None, :, :, None])[0]  # (C, h, w)
-        stride = SIZE // z0.shape[-1]  # the autoencoder's spatial compression (4: 32 -> 8)
-        norm = float(np.linalg.norm(z0))
-        for k in args.shifts:
-            zk = vae.encode(np.roll(frame, k, axis=1)[None, :, :, None])[0]
-            rolled = np.roll(z0, k // stride, axis=2) if k % stride == 0 else None
-            rows[k].append((
-                float(np.linalg.norm(zk - z0)) / norm,
-                float("nan") if rolled is None else float(np.linalg.norm(zk - rolled)) / norm,
-            ))  # fmt: skip
+        cols = np.nonzero((clip[0] > 20).any(axis=0))[0]
+        if margin <= cols.min() and cols.max() < SIZE - margin:  # room to move on both sides
+            frames.append(clip[0])  # uint8 [H, W]
+    used = len(frames)
     if not used:
         raise SystemExit(f"{data / 'test'}: no first frame with {margin} px of room on both sides")
-    table = {k: {"moved": float(np.mean([r[0] for r in v])),
-                 "rolled": float(np.mean([r[1] for r in v]))} for k, v in rows.items()}  # fmt: skip
+    stride = vae.info.spatial_compression
+    table = {}
+    for k in args.shifts:
+        change, off = latent_move_error(vae, np.stack(frames)[..., None], k)
+        table[k] = {"moved": change, "interpolated": off}
     print(f"{used} test clips' first frames\n")
-    print("| shift (px) | moved: latent change | rolled: off a moved latent |\n|---|---|---|")
+    print(f"stride {stride}\n\n| shift (px) | moved: latent change | interpolated: off the "
+          "latent moved k/stride latent px |\n|---|---|---|")  # fmt: skip
     for k, r in table.items():
-        rolled = "-" if np.isnan(r["rolled"]) else f"{r['rolled']:.3f} ({k // stride} latent px)"
-        print(f"| {k} | {r['moved']:.3f} | {rolled} |")
+        print(f"| {k} | {r['moved']:.3f} | {r['interpolated']:.3f} ({k / stride:g} latent px) |")
     if args.out:
         record = {"clips": used, "stride": stride, "shifts": table, "command": " ".join(sys.argv)}
         Path(args.out).write_text(json.dumps(record, indent=2, allow_nan=True))

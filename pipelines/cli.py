@@ -139,6 +139,10 @@ def register(subparsers: Any) -> None:
     tv.add_argument(
         "--latent-channels", type=int, default=recipe.latent_channels, help="latent channels"
     )
+    tv.add_argument(
+        "--shift-weight", type=float, default=recipe.shift_weight,
+        help="weight of the loss that makes the latent move with sub-stride moves (0: off)",
+    )  # fmt: skip
     tv.add_argument("--seed", type=int, default=recipe.seed, help="initialisation and batch order")
     tv.add_argument("--s3-endpoint", default=None, help="S3 endpoint (else AWS_ENDPOINT_URL)")
     tv.set_defaults(func=train_vae)
@@ -305,7 +309,7 @@ def train_vae(args: argparse.Namespace) -> int:
     recipe = VaeRecipe(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         block_out_channels=tuple(args.block_channels), latent_channels=args.latent_channels,
-        seed=args.seed,
+        shift_weight=args.shift_weight, seed=args.seed,
     )  # fmt: skip
     size = args.size or default_size(args.shards, args.s3_endpoint)
     if size is None:

@@ -8,7 +8,8 @@ in minutes, saves it with ``save_pretrained`` and records how well it reconstruc
     flowception data train-vae --shards data/moving_mnist/train --out data/vae/mm --steps 1500
 
 What it trains: MSE reconstruction plus ``kl_weight`` times the posterior's KL divergence
-per pixel (a nearly deterministic autoencoder, as latent diffusion's VAEs are), AdamW on
+per pixel (a nearly deterministic autoencoder, as latent diffusion's VAEs are), plus
+``shift_weight`` times ``shift_loss`` when it is set (off by default), AdamW on
 random batches of frames, every ``holdout_every``-th video held out. The saved
 ``scaling_factor`` is ``1 / std`` of the training frames' latents, so the normalised
 latents the DiT trains on have unit standard deviation (the convention of
@@ -37,6 +38,11 @@ class VaeRecipe:
 
     ``block_out_channels`` has one entry per encoder block; every block but the last halves
     the frame side, so ``(16, 32, 32)`` maps 32x32 frames to 8x8 latents.
+
+    ``shift_weight`` > 0 adds ``shift_weight * shift_loss`` (see ``shift_loss``): the latent
+    of a frame moved by less than the stride is pulled towards the frame's latent moved by
+    the same fraction of a latent pixel, so a digit that moves a pixel moves its latent
+    instead of re-encoding its shape.
     """
 
     steps: int = 1500
@@ -46,6 +52,7 @@ class VaeRecipe:
     block_out_channels: tuple[int, ...] = (16, 32, 32)
     latent_channels: int = 4
     attention: bool = False
+    shift_weight: float = 0.0
     seed: int = 0
     holdout_every: int = 16
 
@@ -57,8 +64,9 @@ class VaeRecipe:
                 raise ValueError(f"VaeRecipe.{name}={value!r}: expected an integer >= 1")
         if not self.lr > 0:
             raise ValueError(f"VaeRecipe.lr={self.lr!r}: expected > 0")
-        if not self.kl_weight >= 0:
-            raise ValueError(f"VaeRecipe.kl_weight={self.kl_weight!r}: expected >= 0")
+        for name in ("kl_weight", "shift_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"VaeRecipe.{name}={getattr(self, name)!r}: expected >= 0")
         chans = self.block_out_channels
         if not chans or any(c < 1 or c % 4 for c in chans):
             raise ValueError(
@@ -109,6 +117,59 @@ def build_autoencoder(recipe: VaeRecipe, channels: int, size: int):
     )  # fmt: skip
 
 
+def _move(x: torch.Tensor, dy: float, dx: float) -> torch.Tensor:
+    """``x`` ``[N, C, H, W]`` moved down ``dy`` and right ``dx`` pixels (fractions
+    bilinearly), the border value repeated into the uncovered edge."""
+    n, _, h, w = x.shape
+    ys = torch.arange(h, dtype=x.dtype) - dy  # where each output pixel reads from
+    xs = torch.arange(w, dtype=x.dtype) - dx
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)  # (H, W, [x, y])
+    grid = (2 * grid + 1) / torch.tensor([w, h], dtype=x.dtype) - 1  # align_corners=False
+    return torch.nn.functional.grid_sample(
+        x, grid.expand(n, h, w, 2), mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
+def shift_loss(vae, x: torch.Tensor, z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """How far the encoder is from commuting with moves smaller than its stride ``s``.
+
+    ``x`` (frames ``[N, C, H, W]``) is moved by a whole number of pixels ``(dy, dx)``, each
+    drawn from ``[-(s-1), s-1]`` per frame; its latent mean is compared with ``z`` (the
+    latent mean of ``x``) moved by ``(dy/s, dx/s)`` latent pixels (bilinear), as a mean
+    square relative to ``z``'s. The target is not detached: both latents move towards a
+    code in which position is interpolable.
+    """
+    s = x.shape[-1] // z.shape[-1]
+    if s < 2:
+        return z.new_zeros(())
+    moves = torch.randint(-(s - 1), s, (len(x), 2), generator=gen)
+    moved = torch.cat([_move(x[i : i + 1], float(dy), float(dx)) for i, (dy, dx) in
+                       enumerate(moves.tolist())])  # fmt: skip
+    target = torch.cat([_move(z[i : i + 1], dy / s, dx / s) for i, (dy, dx) in
+                        enumerate(moves.tolist())])  # fmt: skip
+    got = vae.encode(moved).latent_dist.mean
+    return ((got - target) ** 2).mean() / (z.detach() ** 2).mean().clamp_min(1e-8)
+
+
+def latent_move_error(codec, frames: np.ndarray, k: int) -> tuple[float, float]:
+    """How ``codec`` (a ``pipelines.latents.VaeCodec`` of the image kind) encodes a move.
+
+    Each frame of ``frames`` (``uint8 [N, H, W, C]``, the content away from the borders) is
+    moved right ``k`` pixels; returns the mean over frames of ``|z_k - z| / |z|`` (how much the
+    latent changes) and ``|z_k - move(z, k / s)| / |z|`` (how far it is from the latent moved
+    by the same distance, bilinearly, ``s`` the stride: what ``shift_weight`` trains down).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (N, C, H, W)
+    moved = _move(x, 0.0, float(k)).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    z = torch.from_numpy(codec.encode(frames))  # (N, c, h, w)
+    zk = torch.from_numpy(codec.encode(moved.numpy()))
+    s = frames.shape[2] // z.shape[-1]
+    norm = z.flatten(1).norm(dim=1)
+    change = ((zk - z).flatten(1).norm(dim=1) / norm).mean()
+    off = ((zk - _move(z, 0.0, k / s)).flatten(1).norm(dim=1) / norm).mean()
+    return float(change), float(off)
+
+
 def _frames(videos: list[np.ndarray]) -> torch.Tensor:
     """``uint8 [T, H, W, C]`` clips -> ``float32 [N, C, H, W]`` frames in ``[-1, 1]``."""
     x = torch.from_numpy(np.concatenate(videos)).permute(0, 3, 1, 2)  # (N, C, H, W)
@@ -154,6 +215,8 @@ def train_image_vae(
         recon = vae.decode(post.sample(generator=gen)).sample
         kl = post.kl().mean() / x[0].numel()  # per pixel
         loss = torch.nn.functional.mse_loss(recon, x) + recipe.kl_weight * kl
+        if recipe.shift_weight:
+            loss = loss + recipe.shift_weight * shift_loss(vae, x, post.mean, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
